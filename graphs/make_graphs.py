@@ -1,0 +1,251 @@
+"""Small ONNX fixture graphs, one per backward rule and corner case.
+
+Each fixture is `x [2,3,H,W] -> body -> Flatten -> Gemm -> logits [2,5]`, with seeded weights, so
+that the gradient of any logit reaches every op of the body. `build(name, dtype)` returns the
+ModelProto (float64 twins serve finite differences); running this file writes `<name>.onnx`
+(float32) next to it. Deterministic: the same bytes every run.
+
+    python graphs/make_graphs.py
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper, shape_inference
+
+OPSET = 17
+CLASSES = 5
+HERE = Path(__file__).resolve().parent
+
+
+class _Body:
+    """Collects body nodes and seeded weights; `t` names the current tensor."""
+
+    def __init__(self, dtype, seed: int):
+        self.dtype = dtype
+        self.rng = np.random.default_rng(seed)
+        self.nodes, self.inits = [], []
+        self.t = "x"
+        self.count = 0
+
+    def w(self, shape, scale=0.5, positive=False):
+        self.count += 1
+        value = self.rng.standard_normal(shape) * scale
+        if positive:
+            value = np.abs(value) + 0.5
+        name = f"w{self.count}"
+        self.inits.append(numpy_helper.from_array(np.asarray(value, self.dtype), name))
+        return name
+
+    def i64(self, values):
+        self.count += 1
+        name = f"c{self.count}"
+        self.inits.append(numpy_helper.from_array(np.asarray(values, np.int64), name))
+        return name
+
+    def op(self, op_type, *inputs, outputs=1, **attrs):
+        self.count += 1
+        outs = [f"{op_type.lower()}{self.count}_{i}" for i in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=f"{op_type}_{self.count}",
+                                           **attrs))
+        return outs[0] if outputs == 1 else outs
+
+    def then(self, op_type, *extra, **attrs):
+        self.t = self.op(op_type, self.t, *extra, **attrs)
+        return self.t
+
+    def conv(self, cout, cin, k, **attrs):
+        group = attrs.get("group", 1)
+        return self.then("Conv", self.w([cout, cin // group, k, k]), self.w([cout]), **attrs)
+
+
+def _conv_basic(b):
+    b.conv(4, 3, 3, pads=[1, 1, 1, 1]); b.then("Relu")
+
+
+def _conv_strided_dilated(b):
+    b.conv(4, 3, 3, strides=[2, 2], dilations=[2, 2], pads=[2, 1, 1, 2]); b.then("Relu")
+
+
+def _conv_depthwise(b):
+    b.conv(6, 3, 1); b.conv(6, 6, 3, group=6, pads=[1, 1, 1, 1], strides=[2, 2]); b.then("Relu")
+
+
+def _conv_grouped(b):
+    b.conv(4, 3, 1); b.conv(6, 4, 3, group=2, pads=[0, 0, 1, 1])
+
+
+def _conv_auto_pad(b):
+    b.conv(4, 3, 3, strides=[2, 2], auto_pad="SAME_UPPER"); b.then("Tanh")
+
+
+def _gemm_trans(b):
+    b.conv(2, 3, 3, strides=[2, 2])
+    b.then("Flatten", axis=1)
+    # A' = Aᵀ via transA on a transposed input; bias broadcast over rows
+    b.then("Transpose", perm=[1, 0])
+    b.then("Gemm", b.w([8, 18]), b.w([8]), transA=1, transB=1, alpha=0.7, beta=1.3)
+    b.then("Reshape", b.i64([2, 2, 2, 2]))
+
+
+def _matmul(b):
+    b.conv(4, 3, 3, strides=[2, 2])
+    b.then("Transpose", perm=[0, 2, 3, 1])          # [N,h,w,C]
+    b.then("MatMul", b.w([4, 6]))                    # batched, broadcast weight
+    b.then("Add", b.w([6]))
+    b.then("Transpose", perm=[0, 3, 1, 2])
+
+
+def _broadcast_arith(b):
+    b.conv(4, 3, 3)
+    x = b.t
+    gate = b.op("Sigmoid", b.op("ReduceMean", x, axes=[1], keepdims=1))   # [N,1,h,w]
+    y = b.op("Mul", x, gate)                                             # both sides need grad
+    y = b.op("Mul", y, b.w([1, 4, 1, 1]))
+    y = b.op("Sub", y, b.op("Div", x, b.w([4, 1, 1], positive=True)))
+    b.t = b.op("Add", y, b.w([1, 1, 1]))
+
+
+def _div_by_activation(b):
+    b.conv(4, 3, 3)
+    den = b.op("Add", b.op("Mul", b.t, b.t), b.w([1], positive=True))
+    b.t = b.op("Div", b.op("Neg", b.t), den)
+
+
+def _activations(b):
+    b.conv(4, 3, 3, pads=[1, 1, 1, 1])
+    b.then("LeakyRelu", alpha=0.1)
+    b.conv(4, 4, 1); b.then("PRelu", b.w([4, 1, 1]))
+    b.conv(4, 4, 1)
+    b.t = b.op("Clip", b.t, "", b.w([], positive=True))            # max only
+    b.conv(4, 4, 1)
+    b.t = b.op("Clip", b.t, b.w([]), b.w([], positive=True))       # min and max
+    b.conv(4, 4, 1); b.then("Sigmoid")
+    b.conv(4, 4, 1); b.then("HardSigmoid", alpha=0.3, beta=0.4)
+    b.conv(4, 4, 1, pads=[0, 0, 0, 0]); b.then("HardSwish")
+
+
+def _maxpool_overlap(b):
+    b.conv(4, 3, 3, pads=[1, 1, 1, 1]); b.then("Relu")
+    b.then("MaxPool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+
+
+def _maxpool_ceil(b):
+    b.conv(4, 3, 2)
+    b.then("MaxPool", kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1)
+
+
+def _avgpool_ceil(b):
+    b.conv(4, 3, 2)
+    b.then("AveragePool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1,
+           count_include_pad=0)
+
+
+def _avgpool_include_pad(b):
+    b.conv(4, 3, 3)
+    b.then("AveragePool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+           count_include_pad=1)
+
+
+def _global_pools(b):
+    b.conv(4, 3, 3)
+    x = b.t
+    avg = b.op("GlobalAveragePool", x)
+    mx = b.op("GlobalMaxPool", b.op("Relu", x))
+    mean = b.op("ReduceMean", x, axes=[2, 3], keepdims=0)
+    b.t = b.op("Add", b.op("Add", avg, mx), b.op("Unsqueeze", mean, b.i64([2, 3])))
+
+
+def _batchnorm(b):
+    b.conv(4, 3, 3)
+    b.then("BatchNormalization", b.w([4]), b.w([4]), b.w([4]), b.w([4], positive=True),
+           epsilon=1e-3)
+    b.then("Relu")
+
+
+def _concat_split(b):
+    b.conv(6, 3, 3)
+    parts = b.op("Split", b.t, b.i64([2, 4]), outputs=2, axis=1)
+    left = b.op("Relu", parts[0])
+    b.t = b.op("Concat", left, b.op("Tanh", parts[1]), b.op("Sigmoid", parts[0]), axis=1)
+
+
+def _split_unused(b):
+    b.conv(6, 3, 3)
+    parts = b.op("Split", b.t, b.i64([3, 3]), outputs=2, axis=1)
+    b.t = parts[1]  # the first part carries no gradient
+
+
+def _slice_pad(b):
+    b.conv(4, 3, 3)
+    b.then("Slice", b.i64([1, 0]), b.i64([5, 100]), b.i64([2, 3]))
+    b.then("Pad", b.i64([0, 0, 1, 2, 0, 0, 2, 0]))
+    b.then("Slice", b.i64([-3]), b.i64([100]), b.i64([1]))         # negative start
+
+
+def _reshape_family(b):
+    b.conv(4, 3, 3)
+    b.then("Reshape", b.i64([0, 2, 2, -1]))
+    b.then("Transpose", perm=[0, 2, 1, 3])
+    b.then("Unsqueeze", b.i64([1]))
+    b.then("Squeeze", b.i64([1]))
+    b.then("Identity")
+    b.then("Dropout")
+    b.then("Reshape", b.i64([0, 4, 6, 6]))
+
+
+def _softmax_inside(b):
+    b.conv(4, 3, 3)
+    b.then("Softmax", axis=1)
+    b.then("Mul", b.w([1, 4, 1, 1]))
+    b.then("LogSoftmax", axis=3)
+
+
+def _sum_fanout(b):
+    b.conv(4, 3, 3, pads=[1, 1, 1, 1])
+    x = b.t
+    b.t = b.op("Sum", b.op("Relu", x), x, b.op("Sigmoid", x))
+
+
+FIXTURES = {name[1:]: fn for name, fn in dict(globals()).items()
+            if name.startswith("_") and callable(fn) and name not in ("_Body",)}
+SIZES = {"maxpool_ceil": 9, "avgpool_ceil": 8, "conv_strided_dilated": 9}
+
+
+def build(name: str, dtype=np.float32) -> onnx.ModelProto:
+    """The fixture `name` with weights of `dtype` (float32 or float64)."""
+    body = _Body(dtype, seed=sum(map(ord, name)))
+    FIXTURES[name](body)
+    size = SIZES.get(name, 8)
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    x = helper.make_tensor_value_info("x", elem, [2, 3, size, size])
+    probe = helper.make_model(helper.make_graph(body.nodes, name, [x], [
+        helper.make_tensor_value_info(body.t, elem, None)], body.inits),
+        opset_imports=[helper.make_opsetid("", OPSET)])
+    shape = shape_inference.infer_shapes(probe).graph.output[0].type.tensor_type.shape
+    features = int(np.prod([d.dim_value for d in shape.dim[1:]]))
+    flat = body.op("Flatten", body.t, axis=1)
+    logits = helper.make_node("Gemm", [flat, body.w([CLASSES, features], 0.3), body.w([CLASSES])],
+                              ["logits"], name="classifier", transB=1)
+    graph = helper.make_graph(body.nodes + [logits], name, [x],
+                              [helper.make_tensor_value_info("logits", elem, [2, CLASSES])],
+                              body.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="onnx-saliency fixtures")
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def main(out_dir: Path = HERE) -> None:
+    for name in FIXTURES:
+        onnx.save(build(name), str(out_dir / f"{name}.onnx"))
+    print(f"wrote {len(FIXTURES)} fixtures to {out_dir}")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE)

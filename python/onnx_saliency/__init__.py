@@ -1,0 +1,18 @@
+"""onnx-saliency: backpropagation saliency for ONNX image models, as explicit ONNX backward graphs.
+
+    import onnx_saliency as osal
+    ex = osal.Explainer("model.onnx", methods=["gradient", "gradcam"])
+    maps = ex.explain(images)          # {"gradient": [N,H,W], "gradcam@layer4": [N,H,W]}
+    ex.save("explainer.onnx")          # runs in a bare onnxruntime.InferenceSession
+"""
+
+from . import methods
+from .errors import (InputError, LayerNotFoundError, MethodError, ModelLoadError, SaliencyError,
+                     UnsupportedOpError)
+from .explainer import Explainer, backward_graph, list_layers
+
+__version__ = "0.1.0"
+
+__all__ = ["Explainer", "backward_graph", "list_layers", "methods", "SaliencyError",
+           "ModelLoadError", "UnsupportedOpError", "LayerNotFoundError", "InputError",
+           "MethodError", "__version__"]

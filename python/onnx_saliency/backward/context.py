@@ -1,0 +1,138 @@
+"""What a backward rule sees: the builder, the forward graph, and shape helpers rules share.
+
+A rule is `rule(ctx, node, grads) -> list[str | None]`: `grads[i]` is the backward signal at
+`node.output[i]` (None when no gradient reaches that output); the result holds one entry per
+`node.input`, None where no gradient is wanted ("absent", not zero).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import onnx
+
+from ..errors import UnsupportedOpError
+from ..graph import GraphBuilder, GraphIndex, attrs_of
+
+Rule = Callable[["RuleContext", onnx.NodeProto, list], list]
+INT_MAX = 2**62
+
+
+@dataclass
+class RuleContext:
+    b: GraphBuilder
+    index: GraphIndex
+    needs: set[str] = field(default_factory=set)
+    options: dict = field(default_factory=dict)
+
+    def wants(self, node: onnx.NodeProto, i: int) -> bool:
+        return i < len(node.input) and bool(node.input[i]) and node.input[i] in self.needs
+
+    def unsupported(self, node: onnx.NodeProto, why: str) -> UnsupportedOpError:
+        return UnsupportedOpError(
+            f"Node '{node.name}' (op {node.op_type}, opset {self.index.opset}) {why}.")
+
+    # -- shapes -------------------------------------------------------------------------
+    def spatial(self, name: str) -> tuple[int, ...] | None:
+        shape = self.index.shapes.get(name)
+        if shape is None or len(shape) < 3 or not all(isinstance(d, int) for d in shape[2:]):
+            return None
+        return tuple(shape[2:])  # type: ignore[arg-type]
+
+    def fit_spatial(self, y: str, like: str, y_hw: Sequence[int] | None) -> str:
+        """Crop or zero-pad the trailing spatial dims of `y` to those of `like`."""
+        b = self.b
+        like_hw = self.spatial(like)
+        if y_hw is not None and like_hw is not None:
+            if tuple(y_hw) == tuple(like_hw):
+                return y
+            n = len(like_hw)
+            if all(t <= s for t, s in zip(like_hw, y_hw)):
+                return b.op("Slice", y, b.ints([0] * n), b.ints(like_hw), b.ints(range(2, 2 + n)))
+            if all(t >= s for t, s in zip(like_hw, y_hw)):
+                pads = [0] * (n + 2) + [0, 0] + [t - s for t, s in zip(like_hw, y_hw)]
+                return b.op("Pad", y, b.ints(pads))
+        rank = self.index.rank(like) or 4
+        n = rank - 2
+        target = b.shape(like, 2, rank)
+        y = b.op("Slice", y, b.ints([0] * n), target, b.ints(range(2, rank)))
+        diff = b.op("Sub", b.shape(like), b.shape(y))
+        pads = b.op("Concat", b.ints([0] * rank), diff, axis=0)
+        return b.op("Pad", y, pads)
+
+    def unbroadcast(self, g: str, target: str, out: str, matrix: bool = False) -> str:
+        """Sum `g` (shaped like `out`) over the axes along which `target` was broadcast.
+
+        With `matrix`, the last two axes are matrix axes (MatMul) and never reduced."""
+        b = self.b
+        ts, os_ = self.index.shapes.get(target), self.index.shapes.get(out)
+        if ts is None or os_ is None:
+            raise UnsupportedOpError(
+                f"Cannot reduce a broadcast gradient to tensor '{target}': its rank is unknown.")
+        keep = 2 if matrix else 0
+        if tuple(ts[:len(ts) - keep]) == tuple(os_[:len(os_) - keep]):
+            return g
+        lead = len(os_) - len(ts)
+        padded = [1] * lead + list(ts)
+        axes = [i for i, (t, o) in enumerate(zip(padded, os_))
+                if i < len(os_) - keep and (i < lead or (t == 1 and o != 1))]
+        if axes:
+            g = b.reduce("ReduceSum", g, axes, keepdims=True)
+        if lead:
+            static = self.index.static_shape(target)
+            g = b.op("Reshape", g, b.ints(static) if static is not None else b.shape(target))
+        return g
+
+
+def conv_geometry(ctx: RuleContext, node: onnx.NodeProto, x: str,
+                  kernel: Sequence[int]) -> dict:
+    """strides, pads (explicit), dilations of a Conv/pool node; resolves auto_pad."""
+    a = attrs_of(node)
+    n = len(kernel)
+    strides = list(a.get("strides", [1] * n))
+    dilations = list(a.get("dilations", [1] * n))
+    auto_pad = a.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad in ("NOTSET", ""):
+        pads = list(a.get("pads", [0] * 2 * n))
+    elif auto_pad == "VALID":
+        pads = [0] * 2 * n
+    else:
+        hw = ctx.spatial(x)
+        if hw is None:
+            raise ctx.unsupported(node, f"uses auto_pad={auto_pad} on an input of unknown size; "
+                                  "re-export the model with explicit pads")
+        begin, end = [], []
+        for size, k, s, d in zip(hw, kernel, strides, dilations):
+            out = -(-size // s)
+            total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
+            small, big = total // 2, total - total // 2
+            begin.append(small if auto_pad == "SAME_UPPER" else big)
+            end.append(big if auto_pad == "SAME_UPPER" else small)
+        pads = begin + end
+    return {"strides": strides, "pads": pads, "dilations": dilations}
+
+
+def conv_transpose_to(ctx: RuleContext, g: str, out: str, w: str, like: str,
+                      kernel: Sequence[int],
+                      strides: Sequence[int], pads: Sequence[int], dilations: Sequence[int],
+                      group: int = 1) -> str:
+    """ConvTranspose of `g` (shaped like the forward output `out`) back onto the grid of `like`
+    (the forward conv's input).
+
+    Only the begin pads are cropped by the ConvTranspose itself: the end of its output can hold
+    real values (a window reaching into the end padding), so the end is cropped or zero-filled
+    to the size of `like` (statically through the end pads when sizes are known)."""
+    n = len(kernel)
+    like_hw, g_hw = ctx.spatial(like), ctx.spatial(out)
+    end = [0] * n
+    y_hw = None
+    if like_hw is not None and g_hw is not None:
+        full = [(g_hw[i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - pads[i]
+                for i in range(n)]
+        end = [max(0, f - t) for f, t in zip(full, like_hw)]
+        y_hw = [f - e for f, e in zip(full, end)]
+    dx = ctx.b.op("ConvTranspose", g, w, group=group, strides=list(strides),
+                  pads=list(pads[:n]) + end, dilations=list(dilations))
+    return ctx.fit_spatial(dx, like, y_hw)

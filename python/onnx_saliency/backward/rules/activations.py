@@ -1,0 +1,108 @@
+"""Pointwise nonlinearities, and the ReLU rules that tell the gradient family apart.
+
+Relu   gradient: g·1[x>0]; guided backprop: max(g,0)·1[x>0]; deconvnet: max(g,0).
+LeakyRelu: g·(1[x>0] + α·1[x≤0]). PRelu: g·(1[x>0] + slope·1[x≤0]).
+Clip: g·1[min<x<max]. Sigmoid: g·y(1−y). Tanh: g(1−y²).
+HardSigmoid: g·α·1[0<αx+β<1]. HardSwish: g·(0 if x<−3, 1 if x>3, else (2x+3)/6).
+Softmax: y⊙(g − Σ g⊙y). LogSoftmax: g − exp(y)·Σ g.
+"""
+
+from __future__ import annotations
+
+from ...graph import attrs_of
+from ..context import RuleContext
+
+
+def _mask(ctx: RuleContext, cond: str, g: str) -> str:
+    return ctx.b.op("Where", cond, g, ctx.b.const(0.0))
+
+
+def _positive(ctx: RuleContext, x: str) -> str:
+    return ctx.b.op("Greater", x, ctx.b.const(0.0))
+
+
+def relu_gradient(ctx, node, grads):
+    return [_mask(ctx, _positive(ctx, node.input[0]), grads[0])]
+
+
+def relu_guided(ctx, node, grads):
+    return [_mask(ctx, _positive(ctx, node.input[0]), ctx.b.op("Relu", grads[0]))]
+
+
+def relu_deconvnet(ctx, node, grads):
+    return [ctx.b.op("Relu", grads[0])]
+
+
+def leaky_relu(ctx, node, grads):
+    alpha = attrs_of(node).get("alpha", 0.01)
+    b = ctx.b
+    slope = b.op("Where", _positive(ctx, node.input[0]), b.const(1.0), b.const(alpha))
+    return [b.op("Mul", grads[0], slope)]
+
+
+def prelu(ctx, node, grads):
+    b = ctx.b
+    if ctx.wants(node, 1):
+        raise ctx.unsupported(node, "has a slope computed from the image")
+    scaled = b.op("Mul", grads[0], node.input[1])
+    return [b.op("Where", _positive(ctx, node.input[0]), grads[0], scaled), None]
+
+
+def clip(ctx, node, grads):
+    b, x = ctx.b, node.input[0]
+    keep = None
+    if len(node.input) > 1 and node.input[1]:
+        keep = b.op("Greater", x, node.input[1])
+    if len(node.input) > 2 and node.input[2]:
+        below = b.op("Less", x, node.input[2])
+        keep = below if keep is None else b.op("And", keep, below)
+    g = grads[0] if keep is None else _mask(ctx, keep, grads[0])
+    return [g] + [None] * (len(node.input) - 1)
+
+
+def sigmoid(ctx, node, grads):
+    b, y = ctx.b, node.output[0]
+    return [b.op("Mul", grads[0], b.op("Mul", y, b.op("Sub", b.const(1.0), y)))]
+
+
+def tanh(ctx, node, grads):
+    b, y = ctx.b, node.output[0]
+    return [b.op("Mul", grads[0], b.op("Sub", b.const(1.0), b.op("Mul", y, y)))]
+
+
+def hard_sigmoid(ctx, node, grads):
+    a = attrs_of(node)
+    alpha, beta = a.get("alpha", 0.2), a.get("beta", 0.5)
+    b, x = ctx.b, node.input[0]
+    lin = b.op("Add", b.op("Mul", x, b.const(alpha)), b.const(beta))
+    inside = b.op("And", b.op("Greater", lin, b.const(0.0)), b.op("Less", lin, b.const(1.0)))
+    return [_mask(ctx, inside, b.op("Mul", grads[0], b.const(alpha)))]
+
+
+def hard_swish(ctx, node, grads):
+    b, x = ctx.b, node.input[0]
+    mid = b.op("Add", b.op("Mul", x, b.const(1.0 / 3.0)), b.const(0.5))
+    slope = b.op("Where", b.op("Less", x, b.const(-3.0)), b.const(0.0),
+                 b.op("Where", b.op("Greater", x, b.const(3.0)), b.const(1.0), mid))
+    return [b.op("Mul", grads[0], slope)]
+
+
+def _axis(node, default: int) -> int:
+    return attrs_of(node).get("axis", default)
+
+
+def softmax(ctx, node, grads):
+    b, y, g = ctx.b, node.output[0], grads[0]
+    dot = b.reduce("ReduceSum", b.op("Mul", g, y), [_axis(node, -1)], keepdims=True)
+    return [b.op("Mul", y, b.op("Sub", g, dot))]
+
+
+def log_softmax(ctx, node, grads):
+    b, y, g = ctx.b, node.output[0], grads[0]
+    total = b.reduce("ReduceSum", g, [_axis(node, -1)], keepdims=True)
+    return [b.op("Sub", g, b.op("Mul", b.op("Exp", y), total))]
+
+
+RULES = {"Relu": relu_gradient, "LeakyRelu": leaky_relu, "PRelu": prelu, "Clip": clip,
+         "Sigmoid": sigmoid, "Tanh": tanh, "HardSigmoid": hard_sigmoid, "HardSwish": hard_swish,
+         "Softmax": softmax, "LogSoftmax": log_softmax}

@@ -1,0 +1,139 @@
+"""Pooling and reductions.
+
+MaxPool: the signal goes to each window's argmax; overlapping windows add up (scatter-add of g
+  at the forward node's Indices output, which the rule switches on).
+AveragePool: dx = ConvTranspose(g / d, ones) with d the per-window divisor, computed in-graph as a
+  box-sum of a ones map (padding counted when count_include_pad, never the ceil_mode overhang).
+GlobalAveragePool, ReduceMean: g / count, broadcast back. ReduceSum: g broadcast back.
+GlobalMaxPool: the signal goes to the (first) argmax of each channel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...graph import attrs_of
+from ..context import RuleContext, conv_geometry, conv_transpose_to
+
+
+def _indices_output(ctx: RuleContext, node) -> str:
+    """Switch on the Indices output of a forward MaxPool node (idempotent)."""
+    if len(node.output) < 2 or not node.output[1]:
+        name = ctx.b.fresh("maxpool_indices")
+        if len(node.output) < 2:
+            node.output.append(name)
+        else:
+            node.output[1] = name
+    return node.output[1]
+
+
+def max_pool(ctx, node, grads):
+    if attrs_of(node).get("storage_order", 0):
+        raise ctx.unsupported(node, "uses storage_order=1")
+    b, x = ctx.b, node.input[0]
+    indices = _indices_output(ctx, node)
+    flat = b.ints([-1])
+    zeros = b.op("ConstantOfShape", b.op("Reshape", b.op("Size", x), b.ints([1])))
+    scattered = b.op("ScatterElements", zeros, b.op("Reshape", indices, flat),
+                     b.op("Reshape", grads[0], flat), axis=0, reduction="add")
+    return [b.op("Reshape", scattered, b.shape(x))]
+
+
+def average_pool(ctx, node, grads):
+    b, x, y = ctx.b, node.input[0], node.output[0]
+    a = attrs_of(node)
+    kernel = list(a["kernel_shape"])
+    n = len(kernel)
+    channels = (ctx.index.shapes.get(x) or (None, None))[1]
+    if not isinstance(channels, int):
+        raise ctx.unsupported(node, "pools a tensor with an unknown channel count")
+    geo = conv_geometry(ctx, node, x, kernel)
+    if any(d != 1 for d in geo["dilations"]):
+        raise ctx.unsupported(node, "uses dilated average pooling")
+    strides, pads = geo["strides"], geo["pads"]
+    overhang = [s - 1 if a.get("ceil_mode", 0) else 0 for s in strides]
+    ones_hw = b.op("ConstantOfShape", b.op("Concat", b.ints([1, 1]), b.shape(x, 2, 2 + n), axis=0),
+                   value=_one())
+    if a.get("count_include_pad", 0):
+        counted = b.op("Pad", ones_hw, b.ints([0, 0] + pads[:n] + [0, 0] + pads[n:]), b.const(1.0))
+        box_pads = [0] * n + overhang
+    else:
+        counted = ones_hw
+        box_pads = pads[:n] + [p + o for p, o in zip(pads[n:], overhang)]
+    box = b.const(np.ones([1, 1] + kernel, np.float32))
+    divisor = b.op("Conv", counted, box, strides=strides, pads=box_pads)
+    divisor = b.op("Slice", divisor, b.ints([0] * n), b.shape(y, 2, 2 + n), b.ints(range(2, 2 + n)))
+    spread = b.const(np.ones([channels, 1] + kernel, np.float32))
+    return [conv_transpose_to(ctx, b.op("Div", grads[0], divisor), y, spread, x, kernel, strides,
+                              pads, [1] * n, group=channels)]
+
+
+def _one():
+    from onnx import numpy_helper
+    return numpy_helper.from_array(np.ones([1], np.float32))
+
+
+def _spread(ctx: RuleContext, g: str, x: str, mean_over: list[int] | None) -> str:
+    """Broadcast g back to x's shape, divided by the count of `mean_over` axes if given."""
+    b = ctx.b
+    out = b.op("Expand", g, b.shape(x))
+    if mean_over is None:
+        return out
+    shape = ctx.index.shapes.get(x)
+    dims = [shape[i] for i in mean_over] if shape is not None else [None]
+    if all(isinstance(d, int) for d in dims):
+        return b.op("Mul", out, b.const(1.0 / float(np.prod(dims))))
+    count = b.op("Cast", b.reduce("ReduceProd", b.op("Gather", b.shape(x), b.ints(mean_over)), [0]),
+                 to=1)
+    return b.op("Div", out, count)
+
+
+def global_average_pool(ctx, node, grads):
+    rank = ctx.index.rank(node.input[0]) or 4
+    return [_spread(ctx, grads[0], node.input[0], list(range(2, rank)))]
+
+
+def _reduce_axes(ctx: RuleContext, node) -> tuple[list[int], bool]:
+    a = attrs_of(node)
+    rank = ctx.index.rank(node.input[0])
+    if rank is None:
+        raise ctx.unsupported(node, "reduces a tensor of unknown rank")
+    if len(node.input) > 1 and node.input[1]:
+        axes = ctx.index.const(node.input[1])
+        if axes is None:
+            raise ctx.unsupported(node, "has axes computed at run time")
+        axes = [int(v) for v in axes]
+    else:
+        axes = list(a.get("axes", []))
+    if not axes:
+        if a.get("noop_with_empty_axes", 0):
+            return [], bool(a.get("keepdims", 1))
+        axes = list(range(rank))
+    return sorted(ax % rank for ax in axes), bool(a.get("keepdims", 1))
+
+
+def _reduce_rule(mean: bool):
+    def rule(ctx, node, grads):
+        axes, keepdims = _reduce_axes(ctx, node)
+        g = grads[0]
+        if not axes:
+            return [g] + [None] * (len(node.input) - 1)
+        if not keepdims:
+            g = ctx.b.unsqueeze(g, axes)
+        return [_spread(ctx, g, node.input[0], axes if mean else None)] + [None] * (len(node.input) - 1)
+    return rule
+
+
+def global_max_pool(ctx, node, grads):
+    b, x = ctx.b, node.input[0]
+    flat_shape = b.op("Concat", b.shape(x, 0, 2), b.ints([-1]), axis=0)
+    flat = b.op("Reshape", x, flat_shape)
+    arg = b.op("ArgMax", flat, axis=2, keepdims=1)
+    g = b.op("Reshape", grads[0], b.op("Concat", b.shape(x, 0, 2), b.ints([1]), axis=0))
+    routed = b.op("ScatterElements", b.zeros_like(flat), arg, g, axis=2)
+    return [b.op("Reshape", routed, b.shape(x))]
+
+
+RULES = {"MaxPool": max_pool, "AveragePool": average_pool, "GlobalAveragePool": global_average_pool,
+         "GlobalMaxPool": global_max_pool, "ReduceMean": _reduce_rule(mean=True),
+         "ReduceSum": _reduce_rule(mean=False)}

@@ -1,0 +1,255 @@
+"""The explainer graph: forward model + seed + reverse walks + extraction heads, in one ONNX model.
+
+    (image, target) ─► forward ─► logits ─► one-hot seed on target (−1: top-1)
+                                        └─► backward walk per rule table (shared where equal)
+                                             └─► head per (method, layer) ─► resize ─► maps
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from . import methods as methods_mod
+from .backward.rules import RULE_TABLES
+from .backward.walk import backward
+from .canonical import BATCH, CanonicalModel, ModelSource, canonicalize
+from .errors import LayerNotFoundError, MethodError
+from .graph import GraphBuilder, GraphIndex
+from .layers import LayerNames, default_layer
+from .methods.base import Method
+from .runtime import TargetLike, check_images, check_targets, make_session
+
+TARGET = "target"
+
+
+@dataclass(frozen=True)
+class MapRequest:
+    key: str        # output name: "<method>" or "<method>@<layer>"
+    method: Method
+    tensor: str     # the tapped tensor
+
+
+def seed_from_target(b: GraphBuilder, index: GraphIndex, logits: str) -> str:
+    """One-hot of the target (top-1 where target < 0) on the logits, broadcast over space."""
+    rank = index.rank(logits) or 2
+    scores = logits if rank == 2 else b.reduce("ReduceSum", logits, list(range(2, rank)), False)
+    top1 = b.op("ArgMax", scores, axis=1, keepdims=0)
+    target = b.op("Where", b.op("Less", TARGET, b.const(0, np.int64)), top1, TARGET)
+    classes = (index.shapes.get(logits) or (None, None))[1]
+    depth = b.ints([classes]) if isinstance(classes, int) else b.shape(logits, 1, 2)
+    onehot = b.op("OneHot", target, depth, b.const([0.0, 1.0]), axis=-1)
+    if rank == 2:
+        return onehot
+    return b.op("Expand", b.unsqueeze(onehot, list(range(2, rank))), b.shape(logits))
+
+
+class _Assembly:
+    """Builds one explainer ModelProto from a canonical model."""
+
+    def __init__(self, canon: CanonicalModel):
+        self.canon = canon
+        self.model = onnx.ModelProto()
+        self.model.CopyFrom(canon.model)
+        self.index = GraphIndex(self.model)
+        self.b = GraphBuilder(self.index)
+        if TARGET in self.index.producer or TARGET in self.index.graph_inputs:
+            raise MethodError(f"The model already has a tensor named '{TARGET}'.")
+        self.seed = seed_from_target(self.b, self.index, canon.output_name)
+
+    def grads(self, rule: str, wrt: Iterable[str]) -> dict[str, str | None]:
+        if rule not in RULE_TABLES:
+            raise MethodError(f"Unknown backward rule '{rule}'; available: {', '.join(RULE_TABLES)}.")
+        return backward(self.b, self.index, RULE_TABLES[rule],
+                        {self.canon.output_name: self.seed}, wrt)
+
+    def finish(self, outputs: Sequence[tuple[str, str, int]], keep_logits: bool,
+               metadata: dict | None = None) -> onnx.ModelProto:
+        """outputs: (output name, tensor, rank); the batch dim of each is symbolic."""
+        graph = self.model.graph
+        graph.node.extend(self.b.nodes)
+        graph.initializer.extend(self.b.initializers)
+        graph.input.append(helper.make_tensor_value_info(TARGET, TensorProto.INT64, [BATCH]))
+        if not keep_logits:
+            del graph.output[:]
+        for name, tensor, rank in outputs:
+            graph.node.append(helper.make_node("Identity", [tensor], [name], name=f"output/{name}"))
+            graph.output.append(helper.make_tensor_value_info(
+                name, TensorProto.FLOAT, [BATCH] + [None] * (rank - 1)))
+        for domain in self.b.custom_domains:
+            self.model.opset_import.append(helper.make_opsetid(domain, 1))
+        if metadata:
+            for key, value in metadata.items():
+                self.model.metadata_props.append(
+                    onnx.StringStringEntryProto(key=key, value=json.dumps(value)))
+        del graph.value_info[:]
+        return self.model
+
+
+def _check_4d(index: GraphIndex, tensor: str, label: str) -> None:
+    shape = index.shapes.get(tensor)
+    if shape is not None and len(shape) != 4:
+        raise LayerNotFoundError(
+            f"Layer '{label}' is a rank-{len(shape)} tensor; saliency maps need an [N,C,H,W] layer.")
+
+
+def backward_graph(model: ModelSource, wrt: Sequence[str] | str, rule: str = "gradient"
+                   ) -> onnx.ModelProto:
+    """A model (image, target) -> raw backward signal at each tensor in `wrt` (outputs named
+    `grad:<name>` in the order given; the signal is ∂ logit_target / ∂ tensor for the gradient
+    rule, the rectified signal for the others)."""
+    canon = canonicalize(model)
+    wrt = [wrt] if isinstance(wrt, str) else list(wrt)
+    asm = _Assembly(canon)
+    names = LayerNames(asm.index, canon.input_name)
+    tensors = [names.resolve(w) for w in wrt]
+    grads = asm.grads(rule, tensors)
+    outputs = []
+    for label, tensor in zip(wrt, tensors):
+        g = grads[tensor]
+        if g is None:
+            g = asm.b.zeros_like(tensor)
+        outputs.append((f"grad:{label}", g, asm.index.rank(tensor) or 4))
+    return asm.finish(outputs, keep_logits=False)
+
+
+class Explainer:
+    """Explain an ONNX image classifier with one or more saliency methods.
+
+    >>> ex = Explainer("model.onnx", methods=["gradient", "gradcam"], layers=["layer4"])
+    >>> maps = ex.explain(images, target=None)   # {"gradient": [N,H,W], "gradcam@layer4": …}
+
+    `methods`: names or method objects (`methods.GradCAM(relu=False)`); `layers`: layer names
+    for layer methods (module paths such as `layer4` or raw tensor names; None: each method's
+    default); `providers`: ONNX Runtime execution providers.
+    """
+
+    def __init__(self, model: ModelSource, methods: Sequence[str | Method] | str = ("gradient",),
+                 layers: Sequence[str] | str | None = None,
+                 providers: Sequence[str] | None = None, *, threads: int | None = None):
+        self.canonical = canonicalize(model)
+        self.providers = providers
+        self.threads = threads
+        index = GraphIndex(self.canonical.model)
+        self.layer_names = LayerNames(index, self.canonical.input_name)
+        self._index = index
+        methods = [methods] if isinstance(methods, (str, Method)) else list(methods)
+        if not methods:
+            raise MethodError("Give at least one method.")
+        layers = [layers] if isinstance(layers, str) else (list(layers) if layers else None)
+        self.requests = self._requests([methods_mod.resolve(m) for m in methods], layers)
+        self.model = self._build()
+        self._session = None
+
+    # -- building ---------------------------------------------------------------------------
+    def _requests(self, methods: list[Method], layers: list[str] | None) -> list[MapRequest]:
+        requests: list[MapRequest] = []
+        inp = self.canonical.input_name
+        for method in methods:
+            if not method.layer_method:
+                requests.append(MapRequest(method.name, method, inp))
+                continue
+            if method.layer is not None:
+                labels = [method.layer]
+            elif layers:
+                labels = layers
+            elif method.default_at_input:
+                labels = [self.layer_names.friendly(inp)]
+            else:
+                labels = [self.layer_names.friendly(default_layer(self._index, inp))]
+            for label in labels:
+                tensor = self.layer_names.resolve(label)
+                _check_4d(self._index, tensor, label)
+                requests.append(MapRequest(f"{method.name}@{label}", method, tensor))
+        keys = [r.key for r in requests]
+        dupes = {k for k in keys if keys.count(k) > 1}
+        if dupes:
+            raise MethodError(f"Two maps would both be called {sorted(dupes)[0]!r}; "
+                              "list each method and layer once.")
+        return requests
+
+    def _build(self) -> onnx.ModelProto:
+        asm = _Assembly(self.canonical)
+        by_rule: dict[str, list[MapRequest]] = {}
+        for req in self.requests:
+            by_rule.setdefault(req.method.rule, []).append(req)
+        outputs = []
+        inp = self.canonical.input_name
+        for rule, reqs in by_rule.items():
+            grads = asm.grads(rule, [r.tensor for r in reqs])
+            for req in reqs:
+                g = grads[req.tensor]
+                if g is None:
+                    raise LayerNotFoundError(
+                        f"No gradient reaches '{req.key.split('@')[-1]}': the model's output does "
+                        "not depend on it.")
+                saliency = req.method.head(asm.b, req.tensor, g)
+                if req.tensor != inp:
+                    saliency = asm.b.squeeze(
+                        asm.b.resize_to(asm.b.unsqueeze(saliency, [1]), inp), [1])
+                outputs.append((req.key, saliency, 3))
+        meta = {"onnx_saliency.maps": [r.key for r in self.requests],
+                "onnx_saliency.input": inp, "onnx_saliency.logits": self.canonical.output_name}
+        return asm.finish(outputs, keep_logits=True, metadata=meta)
+
+    # -- running ----------------------------------------------------------------------------
+    @property
+    def map_names(self) -> list[str]:
+        return [r.key for r in self.requests]
+
+    @property
+    def num_classes(self) -> int | None:
+        shape = self._index.shapes.get(self.canonical.output_name)
+        return shape[1] if shape is not None and isinstance(shape[1], int) else None
+
+    @property
+    def input_shape(self) -> tuple:
+        return self._index.shapes[self.canonical.input_name]
+
+    @property
+    def session(self):
+        if self._session is None:
+            self._session = make_session(self.model, self.providers, self.threads)
+        return self._session
+
+    def run(self, images: np.ndarray, target: TargetLike = None) -> dict[str, np.ndarray]:
+        """Logits and maps: {"logits": [N,K], "<map>": [N,H,W], …}."""
+        images = check_images(images, self.input_shape)
+        n = images.shape[0]
+        targets = check_targets(target, n, self.num_classes)
+        step = self.canonical.fixed_batch or n
+        chunks = []
+        for start in range(0, n, step):
+            x, t = images[start:start + step], targets[start:start + step]
+            pad = step - x.shape[0]
+            if pad:
+                x = np.concatenate([x, np.repeat(x[-1:], pad, 0)])
+                t = np.concatenate([t, np.repeat(t[-1:], pad, 0)])
+            outs = self.session.run(None, {self.canonical.input_name: x, TARGET: t})
+            chunks.append([o[:step - pad] for o in outs])
+        outs = [np.concatenate(parts) for parts in zip(*chunks)]
+        return {"logits": outs[0], **dict(zip(self.map_names, outs[1:]))}
+
+    def explain(self, images: np.ndarray, target: TargetLike = None) -> dict[str, np.ndarray]:
+        """Saliency maps {key: float32 [N,H,W]} at input resolution, raw (not normalised).
+
+        `target`: an int for every image, one int per image, or None for each image's top-1."""
+        out = self.run(images, target)
+        out.pop("logits")
+        return out
+
+    def save(self, path) -> None:
+        """Write the explainer graph: inputs (image, target int64 [N]; −1 = top-1),
+        outputs (logits, one [N,H,W] map per key)."""
+        onnx.save(self.model, str(path))
+
+
+def list_layers(model: ModelSource) -> list[str]:
+    """Names usable as layers: module paths from exporter scopes, then raw tensor names."""
+    canon = canonicalize(model)
+    return LayerNames(GraphIndex(canon.model), canon.input_name).names()

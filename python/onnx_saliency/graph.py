@@ -1,0 +1,212 @@
+"""Read-only index over an ONNX graph, and the builder that emits new nodes into it.
+
+`GraphIndex` answers the questions the reverse walk asks (who produces a tensor, who consumes
+it, its static shape, its constant value). `GraphBuilder` appends nodes with fresh names and
+de-duplicates identical nodes (same op, inputs and attributes), which is what lets several
+methods share backward work until their rules differ.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Iterable, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+               onnx.TensorProto.BFLOAT16}
+
+Dim = int | str | None
+
+
+def opset_version(model: onnx.ModelProto, domain: str = "") -> int:
+    for imp in model.opset_import:
+        if imp.domain in (domain, "ai.onnx" if domain == "" else domain):
+            return imp.version
+    return 0
+
+
+class GraphIndex:
+    """Producers, consumers, types, shapes and constants of one (canonical) graph."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+        self.graph = model.graph
+        self.opset = opset_version(model)
+        self.nodes: list[onnx.NodeProto] = list(self.graph.node)
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        for node in self.nodes:
+            for out in node.output:
+                if out:
+                    self.producer[out] = node
+            for inp in node.input:
+                if inp:
+                    self.consumers[inp].append(node)
+        self.initializers = {t.name: t for t in self.graph.initializer}
+        self._consts: dict[str, np.ndarray] = {}
+        self.types: dict[str, int] = {}
+        self.shapes: dict[str, tuple[Dim, ...] | None] = {}
+        for vi in [*self.graph.input, *self.graph.value_info, *self.graph.output]:
+            self._record(vi)
+        for t in self.graph.initializer:
+            self.types[t.name] = t.data_type
+            self.shapes[t.name] = tuple(t.dims)
+        self.graph_inputs = [i.name for i in self.graph.input if i.name not in self.initializers]
+        self.graph_outputs = [o.name for o in self.graph.output]
+
+    def _record(self, vi: onnx.ValueInfoProto) -> None:
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type"):
+            return
+        self.types[vi.name] = tt.elem_type
+        if tt.HasField("shape"):
+            dims: list[Dim] = []
+            for d in tt.shape.dim:
+                if d.HasField("dim_value") and d.dim_value >= 0:
+                    dims.append(d.dim_value)
+                elif d.HasField("dim_param"):
+                    dims.append(d.dim_param)
+                else:
+                    dims.append(None)
+            self.shapes[vi.name] = tuple(dims)
+        else:
+            self.shapes[vi.name] = None
+
+    def is_float(self, name: str) -> bool:
+        return self.types.get(name) in FLOAT_TYPES
+
+    def rank(self, name: str) -> int | None:
+        shape = self.shapes.get(name)
+        return None if shape is None else len(shape)
+
+    def static_shape(self, name: str) -> tuple[int, ...] | None:
+        """The shape if every dimension is a known integer, else None."""
+        shape = self.shapes.get(name)
+        if shape is None or not all(isinstance(d, int) for d in shape):
+            return None
+        return tuple(shape)  # type: ignore[arg-type]
+
+    def const(self, name: str) -> np.ndarray | None:
+        """The value of an initializer, or None for a runtime tensor."""
+        if not name or name not in self.initializers:
+            return None
+        if name not in self._consts:
+            self._consts[name] = numpy_helper.to_array(self.initializers[name])
+        return self._consts[name]
+
+
+def attrs_of(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _freeze(value):
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, np.ndarray):
+        return (value.dtype.str, value.shape, value.tobytes())
+    if isinstance(value, onnx.TensorProto):
+        return value.SerializeToString()
+    return value
+
+
+class GraphBuilder:
+    """Emits nodes and constants with fresh names; identical nodes are emitted once (CSE)."""
+
+    def __init__(self, index: GraphIndex, prefix: str = "osal"):
+        self.index = index
+        self.opset = index.opset
+        self.prefix = prefix
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.custom_domains: set[str] = set()
+        self._taken = set(index.producer) | set(index.initializers) | {
+            i.name for i in index.graph.input} | {n.name for n in index.nodes}
+        self._counter = 0
+        self._cse: dict[tuple, list[str]] = {}
+        self._consts: dict[tuple, str] = {}
+
+    def fresh(self, hint: str) -> str:
+        while True:
+            self._counter += 1
+            name = f"{self.prefix}/{hint}_{self._counter}"
+            if name not in self._taken:
+                self._taken.add(name)
+                return name
+
+    def op(self, op_type: str, *inputs: str, outputs: int = 1, domain: str = "",
+           **attrs) -> str:
+        """Emit one node and return its (first) output name."""
+        return self.op_multi(op_type, *inputs, outputs=outputs, domain=domain, **attrs)[0]
+
+    def op_multi(self, op_type: str, *inputs: str, outputs: int = 1, domain: str = "",
+                 **attrs) -> list[str]:
+        attrs = {k: v for k, v in attrs.items() if v is not None}
+        key = (op_type, domain, tuple(inputs), outputs,
+               tuple(sorted((k, _freeze(v)) for k, v in attrs.items())))
+        if key in self._cse:
+            return self._cse[key]
+        outs = [self.fresh(op_type) for _ in range(outputs)]
+        node = helper.make_node(op_type, list(inputs), outs, name=outs[0], domain=domain or None,
+                                **attrs)
+        if domain:
+            self.custom_domains.add(domain)
+        self.nodes.append(node)
+        self._cse[key] = outs
+        return outs
+
+    def const(self, value, dtype=np.float32) -> str:
+        """A constant initializer; equal constants share one name."""
+        arr = np.asarray(value, dtype=dtype)
+        key = (arr.dtype.str, arr.shape, arr.tobytes())
+        if key not in self._consts:
+            name = self.fresh("const")
+            self.initializers.append(numpy_helper.from_array(arr, name))
+            self._consts[key] = name
+        return self._consts[key]
+
+    def ints(self, values: Iterable[int]) -> str:
+        return self.const(list(values), np.int64)
+
+    # -- opset-aware helpers ------------------------------------------------------------
+    def reduce(self, op_type: str, x: str, axes: Sequence[int], keepdims: bool = True) -> str:
+        """ReduceSum/Mean/Max/… over `axes`; axes go in an input from opset 13 (ReduceSum) or 18."""
+        axes_as_input = self.opset >= (13 if op_type == "ReduceSum" else 18)
+        if axes_as_input:
+            return self.op(op_type, x, self.ints(axes), keepdims=int(keepdims))
+        return self.op(op_type, x, axes=list(axes), keepdims=int(keepdims))
+
+    def unsqueeze(self, x: str, axes: Sequence[int]) -> str:
+        if self.opset >= 13:
+            return self.op("Unsqueeze", x, self.ints(axes))
+        return self.op("Unsqueeze", x, axes=list(axes))
+
+    def squeeze(self, x: str, axes: Sequence[int]) -> str:
+        if self.opset >= 13:
+            return self.op("Squeeze", x, self.ints(axes))
+        return self.op("Squeeze", x, axes=list(axes))
+
+    def shape(self, x: str, start: int | None = None, end: int | None = None) -> str:
+        if self.opset >= 15 and (start is not None or end is not None):
+            kw = {"start": start, "end": end}
+            return self.op("Shape", x, **kw)
+        full = self.op("Shape", x)
+        if start is None and end is None:
+            return full
+        return self.op("Slice", full, self.ints([start or 0]), self.ints([end if end is not None else 2**62]))
+
+    def zeros_like(self, x: str) -> str:
+        return self.op("Mul", x, self.const(0.0))
+
+    def sum(self, terms: Sequence[str]) -> str:
+        if len(terms) == 1:
+            return terms[0]
+        return self.op("Sum", *terms)
+
+    def resize_to(self, x: str, like: str) -> str:
+        """Bilinear (half-pixel) resize of a 4-D tensor to the spatial size of 4-D `like`."""
+        sizes = self.op("Concat", self.shape(x, 0, 2), self.shape(like, 2, 4), axis=0)
+        return self.op("Resize", x, "", "", sizes, mode="linear",
+                       coordinate_transformation_mode="half_pixel")

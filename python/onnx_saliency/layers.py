@@ -1,0 +1,109 @@
+"""Layer names: module paths recovered from exporter scopes, and raw tensor names.
+
+PyTorch's exporters leave the module hierarchy in the graph:
+- the TorchScript exporter in node names: `/layer2/layer2.0/downsample/downsample.0/Conv`;
+- the dynamo exporter in node metadata `pkg.torch.onnx.name_scopes`:
+  `['', 'layer2', 'layer2.0', 'layer2.0.downsample', 'layer2.0.downsample.0', 'conv2d_7']`.
+A module path names the output of the last node (in graph order) inside that module.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+
+from .errors import LayerNotFoundError
+from .graph import GraphIndex
+
+_POOLS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"}
+
+
+def _scopes_from_metadata(node) -> list[str] | None:
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                return None
+            return [s for s in scopes[1:-1] if s]
+    return None
+
+
+def _scopes_from_name(name: str) -> list[str]:
+    """'/layer2/layer2.0/downsample/downsample.0/Conv' -> ['layer2', 'layer2.0', …]."""
+    if not name.startswith("/"):
+        return []
+    parts = [p for p in name.split("/")[1:-1] if p]
+    paths: list[str] = []
+    prev = ""
+    for part in parts:
+        if prev and part.startswith(prev + "."):   # Sequential child: 'downsample' -> 'downsample.0'
+            path = paths[-1] + part[len(prev):]
+        else:
+            path = f"{paths[-1]}.{part}" if paths else part
+        paths.append(path)
+        prev = part
+    return paths
+
+
+def module_paths(index: GraphIndex) -> dict[str, str]:
+    """Module path -> the tensor it names (the last float output inside the module)."""
+    found: dict[str, str] = {}
+    for node in index.nodes:
+        outs = [o for o in node.output if o and index.is_float(o)]
+        if not outs:
+            continue
+        scopes = _scopes_from_metadata(node)
+        if scopes is None:
+            scopes = _scopes_from_name(node.name)
+        for path in scopes:
+            found.pop(path, None)  # re-insert so dict order follows the graph
+            found[path] = outs[0]
+    return found
+
+
+def default_layer(index: GraphIndex, input_name: str) -> str:
+    """The last 4-D spatial tensor not made by a pooling op: the usual Grad-CAM layer."""
+    best = input_name
+    for node in index.nodes:
+        if node.op_type in _POOLS:
+            continue
+        for out in node.output:
+            shape = index.shapes.get(out)
+            if out and index.is_float(out) and shape is not None and len(shape) == 4:
+                h, w = shape[2], shape[3]
+                if not (h == 1 and w == 1):
+                    best = out
+    return best
+
+
+class LayerNames:
+    """Resolves user-facing layer names to tensors, and back."""
+
+    def __init__(self, index: GraphIndex, input_name: str):
+        self.index = index
+        self.input_name = input_name
+        self.paths = module_paths(index)
+        self.tensors = [input_name] + [o for n in index.nodes for o in n.output
+                                       if o and index.is_float(o)]
+        self._tensor_set = set(self.tensors)
+        self._friendly = {}
+        for path, tensor in self.paths.items():
+            self._friendly.setdefault(tensor, path)
+
+    def names(self) -> list[str]:
+        return list(self.paths) + [t for t in self.tensors if t not in self.paths]
+
+    def resolve(self, name: str) -> str:
+        if name in self.paths:
+            return self.paths[name]
+        if name in self._tensor_set:
+            return name
+        close = difflib.get_close_matches(name, self.names(), n=3)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise LayerNotFoundError(
+            f"Layer '{name}' is neither a module path nor a tensor of the model.{hint} "
+            "onnx_saliency.list_layers(model) lists the valid names.")
+
+    def friendly(self, tensor: str) -> str:
+        return self._friendly.get(tensor, tensor)

@@ -1,0 +1,68 @@
+"""Running explainer graphs: ONNX Runtime sessions, and checks of what users feed them."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from .errors import InputError, SaliencyError
+
+TargetLike = int | Sequence[int] | np.ndarray | None
+
+
+def make_session(model: onnx.ModelProto, providers: Sequence[str] | None = None,
+                 threads: int | None = None) -> ort.InferenceSession:
+    """An InferenceSession on `providers` (default CPU); unknown providers fail clearly."""
+    providers = list(providers or ["CPUExecutionProvider"])
+    available = ort.get_available_providers()
+    missing = [p if isinstance(p, str) else p[0] for p in providers
+               if (p if isinstance(p, str) else p[0]) not in available]
+    if missing:
+        raise SaliencyError(
+            f"Execution provider(s) {', '.join(missing)} are not available in this onnxruntime "
+            f"build (available: {', '.join(available)}).")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
+
+
+def check_images(images, expected: Sequence[int | str | None]) -> np.ndarray:
+    """Validate a float32 [N,C,H,W] batch against the model input's static dims."""
+    if not isinstance(images, np.ndarray):
+        raise InputError(f"images must be a numpy array, not {type(images).__name__}.")
+    if images.ndim != 4:
+        raise InputError(f"images must have shape [N,C,H,W]; got rank {images.ndim} "
+                         f"(shape {images.shape}).")
+    if images.dtype != np.float32:
+        raise InputError(f"images must be float32, got {images.dtype}; use images.astype(np.float32).")
+    if images.shape[0] == 0:
+        raise InputError("images is an empty batch (N = 0).")
+    for axis, (got, want) in enumerate(zip(images.shape[1:], expected[1:]), start=1):
+        if isinstance(want, int) and got != want:
+            raise InputError(f"images have shape {images.shape}, but the model expects "
+                             f"{'CHW'[axis - 1]} = {want} (input shape {list(expected)}).")
+    if not np.isfinite(images).all():
+        raise InputError("images contain NaN or Inf values.")
+    return np.ascontiguousarray(images)
+
+
+def check_targets(target: TargetLike, n: int, num_classes: int | None) -> np.ndarray:
+    """int64 [N] targets; −1 means "the image's top-1 class" (resolved inside the graph)."""
+    if target is None:
+        return np.full(n, -1, np.int64)
+    arr = np.asarray(target)
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+        raise InputError(f"target must be an int, a sequence of ints or None, got {target!r}.")
+    if arr.ndim == 0:
+        arr = np.full(n, int(arr), np.int64)
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise InputError(f"target has {arr.size} entries for {n} images; give one int or one per image.")
+    if num_classes is not None and ((arr < 0) | (arr >= num_classes)).any():
+        bad = arr[(arr < 0) | (arr >= num_classes)][0]
+        raise InputError(f"target {int(bad)} is outside [0, {num_classes}) for this model.")
+    return arr.astype(np.int64)
