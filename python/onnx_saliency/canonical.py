@@ -2,11 +2,11 @@
 
 Each pass is a function `ModelProto -> ModelProto` run in a fixed order by `canonicalize`:
 
-1. opset: opsets 11–22 are accepted; below 16 the model is converted to opset 17 (the scatter-add
+1. a trailing Softmax/LogSoftmax is bypassed so the seed sits on the logits (with a warning).
+2. opset: opsets 11–22 are accepted; below 16 the model is converted to opset 17 (the scatter-add
    the MaxPool rule needs exists from opset 16 on).
-2. every node gets a unique name (error messages and layer names need one).
-3. Constant nodes become initializers.
-4. a trailing Softmax/LogSoftmax is bypassed so the seed sits on the logits (with a warning).
+3. every node gets a unique name (error messages and layer names need one).
+4. Constant nodes become initializers.
 5. the batch dimension is made symbolic (`N`), including a fixed leading 1 in constant Reshape
    shapes; whether that held is checked by running the model once with batch 2.
 6. shape inference, then constant folding of nodes whose inputs are all constant.
@@ -322,17 +322,18 @@ def _batch_works(model: onnx.ModelProto, input_name: str) -> bool:
 
 
 def canonicalize(source: ModelSource) -> CanonicalModel:
-    """load → opset → names → constants → softmax bypass → dynamic batch → shapes → folding."""
+    """load → softmax bypass → opset → names → constants → dynamic batch → shapes → folding."""
     model = load_model(source)
     try:
         onnx.checker.check_model(skeleton(model))
     except onnx.checker.ValidationError as exc:
         raise ModelLoadError(f"The model is not valid ONNX: {str(exc).splitlines()[0]}") from None
+    model, original_output = bypass_softmax(model)  # before the converter rewrites Softmax-11
+    model = remove_dead_code(model)
     model = convert_opset(model)
     model = name_nodes(model)
     model = constants_to_initializers(model)
     input_name = _image_input(model)
-    model, original_output = bypass_softmax(model)
     output_name = model.graph.output[0].name
     backup = onnx.ModelProto()
     backup.CopyFrom(model)

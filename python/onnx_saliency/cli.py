@@ -1,0 +1,122 @@
+"""The `onnx-saliency` command: `demo`, `layers MODEL`, `explain MODEL IMAGES...`.
+
+Exit codes: 0 success, 2 usage error (bad flags or paths), 1 failure (one clear line, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from . import Explainer, list_layers
+from .errors import SaliencyError
+
+PRESETS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+           "paddle": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
+DEMO_METHODS = ["gradient", "input_x_gradient", "guided_backprop", "gradcam"]
+
+
+class UsageError(Exception):
+    pass
+
+
+def _load_image(path: Path, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB").resize((size[1], size[0]), Image.BILINEAR))
+    except (OSError, UnidentifiedImageError) as exc:
+        raise UsageError(f"cannot read image '{path}': {exc}") from None
+
+
+def _image_files(items: list[str]) -> list[Path]:
+    files = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            files += sorted(f for f in p.iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise UsageError(f"no such image file or folder: '{item}'")
+    if not files:
+        raise UsageError("no PNG or JPEG images found")
+    return files
+
+
+def _explain(model, files, methods, layers, target, out: Path, size, preset, batch_size):
+    from .viz import save_overlay
+
+    mean, std = (np.asarray(v, np.float32)[:, None, None] for v in PRESETS[preset])
+    ex = Explainer(model, methods=methods, layers=layers or None)
+    h, w = size if size else [d if isinstance(d, int) else 224 for d in ex.input_shape[2:]]
+    out.mkdir(parents=True, exist_ok=True)
+    index = []
+    for start in range(0, len(files), batch_size):
+        chunk = files[start:start + batch_size]
+        rgb = [_load_image(f, (h, w)) for f in chunk]
+        x = np.stack([(im.transpose(2, 0, 1) / 255.0 - mean) / std for im in rgb]).astype(np.float32)
+        result = ex.run(x, None if target in (None, "top1") else int(target))
+        logits = result.pop("logits")
+        for i, f in enumerate(chunk):
+            cls = int(logits[i].argmax()) if target in (None, "top1") else int(target)
+            for key, maps in result.items():
+                stem = f"{f.stem}_{key.replace('@', '_at_').replace('/', '_')}"
+                np.save(out / f"{stem}.npy", maps[i])
+                save_overlay(out / f"{stem}.png", rgb[i], maps[i])
+                index.append({"image": str(f), "map": key, "target": cls,
+                              "score": float(logits[i, cls]), "npy": f"{stem}.npy",
+                              "png": f"{stem}.png"})
+    (out / "maps.json").write_text(json.dumps({"model": str(model), "maps": index}, indent=1))
+    print(f"wrote {len(index)} maps for {len(files)} image(s) to {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="onnx-saliency", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="explain the bundled text-direction model on its sample image")
+    demo.add_argument("--out", default="saliency_out", help="output folder (default: saliency_out)")
+    lay = sub.add_parser("layers", help="list the layer names a model accepts")
+    lay.add_argument("model")
+    exp = sub.add_parser("explain", help="write saliency maps (.npy + overlay .png) for images")
+    exp.add_argument("model")
+    exp.add_argument("images", nargs="+", help="image files or folders (PNG/JPEG)")
+    exp.add_argument("--method", action="append", default=None, help="method name (repeatable)")
+    exp.add_argument("--layer", action="append", default=None, help="layer for layer methods")
+    exp.add_argument("--target", default="top1", help="'top1' or a class index")
+    exp.add_argument("--out", default="saliency_out")
+    exp.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None)
+    exp.add_argument("--preset", choices=sorted(PRESETS), default="imagenet",
+                     help="normalisation preset (default imagenet)")
+    exp.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "demo":
+            data = resources.files("onnx_saliency") / "data"
+            _explain(data / "text_direction_cls.onnx", [Path(str(data / "sample_text.png"))],
+                     DEMO_METHODS, None, "top1", Path(args.out), (48, 192), "paddle", 1)
+        elif args.command == "layers":
+            print("\n".join(list_layers(args.model)))
+        else:
+            if args.target != "top1" and not args.target.isdigit():
+                raise UsageError(f"--target must be 'top1' or a class index, not '{args.target}'")
+            _explain(args.model, _image_files(args.images), args.method or ["gradient"],
+                     args.layer, args.target, Path(args.out), args.size, args.preset,
+                     args.batch_size)
+    except UsageError as exc:
+        print(f"onnx-saliency: error: {exc}", file=sys.stderr)
+        return 2
+    except SaliencyError as exc:
+        print(f"onnx-saliency: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
