@@ -1,0 +1,89 @@
+"""Explain time as a ratio to the model's own ONNX Runtime forward pass, in one process.
+
+    python benchmarks/bench_methods.py [--models resnet50 vgg16] [--batches 1 8] [--repeat 5]
+
+For each torchvision model (random weights, 224x224, exported with a dynamic batch) and batch size,
+with 2 threads everywhere: the median time of each explainer graph (one method each) divided by the
+median time of the plain ORT forward pass; the same ratio for Captum on PyTorch (its method time
+over PyTorch's own forward); and the time to build the explainer graph. Needs the `test` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+warnings.simplefilter("ignore")
+
+LAYER = {"resnet50": "layer4", "vgg16": "features.29"}
+
+
+def median_time(fn, repeat):
+    fn()  # warm-up
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main():
+    import onnxruntime as ort
+    import torch
+    from captum.attr import LayerGradCam, Saliency
+
+    import onnx_saliency as osal
+    from conftest import export_torchvision
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", nargs="+", default=["resnet50", "vgg16"])
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    tmp = Path(tempfile.mkdtemp())
+    print("| model | batch | method | ours / ORT forward | Captum / PyTorch forward |")
+    print("|---|---|---|---|---|")
+    for name in args.models:
+        path = tmp / f"{name}.onnx"
+        model = export_torchvision(name, path, 224)
+        layer = LAYER[name]
+        start = time.perf_counter()
+        osal.Explainer(path, methods=["gradient"])
+        build = time.perf_counter() - start
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 2
+        fwd = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        methods = {"gradient": ("gradient", lambda m, x: Saliency(m).attribute(x, target=0)),
+                   f"gradcam@{layer}": (osal.methods.GradCAM(at=layer), lambda m, x: LayerGradCam(
+                       m, m.get_submodule(layer)).attribute(x, target=0)),
+                   "guided_backprop": ("guided_backprop", None)}
+        explainers = {k: osal.Explainer(path, methods=[m], threads=2) for k, (m, _) in methods.items()}
+        for batch in args.batches:
+            x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+            xt = torch.from_numpy(x)
+            t_fwd = median_time(lambda: fwd.run(None, {"input": x}), args.repeat)
+            with torch.no_grad():
+                t_torch = median_time(lambda: model(xt), args.repeat)
+            for key, (_, captum_fn) in methods.items():
+                ex = explainers[key]
+                t = median_time(lambda: ex.explain(x, target=0), args.repeat)
+                captum = "–"
+                if captum_fn is not None:
+                    t_c = median_time(lambda: captum_fn(model, xt.clone()), args.repeat)
+                    captum = f"{t_c / t_torch:.2f}×"
+                print(f"| {name} | {batch} | {key} | {t / t_fwd:.2f}× | {captum} |", flush=True)
+        print(f"\n{name}: explainer graph built in {build:.2f} s\n", flush=True)
+
+
+if __name__ == "__main__":
+    main()
