@@ -35,13 +35,12 @@ def conv(ctx: RuleContext, node, grads):
     geo = conv_geometry(ctx, node, x, kernel)
     group = next((a.i for a in node.attribute if a.name == "group"), 1)
     weights = ctx.index.const(w)
-    n = len(kernel)
     pads_t = [d * (k - 1) - p for d, k, p in
               zip(geo["dilations"] * 2, kernel * 2, geo["pads"])]
     if weights is not None and all(s == 1 for s in geo["strides"]) and min(pads_t) >= 0:
         w_t = ctx.b.const(_flipped_transposed(weights, group), weights.dtype)
         result[0] = ctx.b.op("Conv", g, w_t, group=group, pads=pads_t,
-                             dilations=geo["dilations"], kernel_shape=kernel[:n])
+                             dilations=geo["dilations"], kernel_shape=kernel)
         return result
     result[0] = conv_transpose_to(ctx, g, node.output[0], w, x, kernel, geo["strides"],
                                   geo["pads"], geo["dilations"], group)
