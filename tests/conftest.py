@@ -21,9 +21,11 @@ def graphs():
     return make_graphs
 
 
-def export_torchvision(name: str, path: Path, size: int, seed: int = 0, **kwargs) -> "torch.nn.Module":
+def export_torchvision(name: str, path: Path, size: int, seed: int = 0, keep_bn: bool = False,
+                       **kwargs) -> "torch.nn.Module":
     """Export torchvision `name` with seeded random weights (ReLUs made not in-place, so Captum's
-    hooks see every one) to `path`; batch dimension dynamic. Returns the eval-mode module."""
+    hooks see every one) to `path`; batch dimension dynamic. BatchNormalization is folded into
+    the convolutions unless `keep_bn`. Returns the eval-mode module."""
     import torch
     import torchvision
 
@@ -50,7 +52,7 @@ def export_torchvision(name: str, path: Path, size: int, seed: int = 0, **kwargs
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"],
+                          input_names=["input"], output_names=["logits"], do_constant_folding=not keep_bn,
                           dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
     return model
 

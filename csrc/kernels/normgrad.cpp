@@ -2,49 +2,31 @@
 
 #include <algorithm>
 #include <cmath>
-#include <sstream>
-#include <thread>
 #include <vector>
+
+#include "parallel.h"
 
 namespace onnx_saliency {
 namespace {
 
-// Runs body(begin, end) over [0, total) split across threads.
-template <class Body>
-void parallel_for(int64_t total, int threads, Body body) {
-  int64_t n = threads > 0 ? threads : static_cast<int64_t>(std::thread::hardware_concurrency());
-  n = std::max<int64_t>(1, std::min<int64_t>(n, total));
-  if (n == 1) {
-    body(0, total);
-    return;
-  }
-  std::vector<std::thread> pool;
-  int64_t chunk = (total + n - 1) / n;
-  for (int64_t t = 0; t < n; ++t) {
-    int64_t begin = t * chunk, end = std::min(total, begin + chunk);
-    if (begin < end) pool.emplace_back(body, begin, end);
-  }
-  for (auto& th : pool) th.join();
-}
+constexpr int64_t kBlock = 1024;  // spatial positions per task
 
-// Sum over channels of x^2 at each location of one image: out[hw] = sum_c x[c, hw]^2.
-void channel_sumsq(const float* x, int64_t channels, int64_t hw, float* out) {
-  std::fill(out, out + hw, 0.0f);
+int64_t blocks(int64_t hw) { return (hw + kBlock - 1) / kBlock; }
+
+// out[i] = sum_c x[c, i]^2 for i in [begin, end) of one image with `channels` planes of size hw.
+void channel_sumsq(const float* x, int64_t channels, int64_t hw, int64_t begin, int64_t end,
+                   float* out) {
+  std::fill(out + begin, out + end, 0.0f);
   for (int64_t c = 0; c < channels; ++c) {
     const float* row = x + c * hw;
-    for (int64_t i = 0; i < hw; ++i) out[i] += row[i] * row[i];
+    for (int64_t i = begin; i < end; ++i) out[i] += row[i] * row[i];
   }
 }
 
 }  // namespace
 
-int64_t conv_out_size(int64_t in, int64_t k, int64_t s, int64_t p_begin, int64_t p_end, int64_t d) {
-  return (in + p_begin + p_end - d * (k - 1) - 1) / s + 1;
-}
-
 std::string normgrad_check(const int64_t g_shape[4], const int64_t a_shape[4],
                            const ConvGeometry& geo, NormGradMode mode) {
-  std::ostringstream msg;
   for (int i = 0; i < 4; ++i) {
     if (g_shape[i] < 0 || a_shape[i] < 0) return "NormGrad: shapes must be non-negative.";
   }
@@ -57,22 +39,7 @@ std::string normgrad_check(const int64_t g_shape[4], const int64_t a_shape[4],
     }
     return "";
   }
-  for (int i = 0; i < 2; ++i) {
-    if (geo.kernel[i] < 1 || geo.strides[i] < 1 || geo.dilations[i] < 1) {
-      return "NormGrad: kernel_shape, strides and dilations must be positive.";
-    }
-    if (geo.pads[i] < 0 || geo.pads[i + 2] < 0) return "NormGrad: pads must be non-negative.";
-  }
-  for (int i = 0; i < 2; ++i) {
-    int64_t want = conv_out_size(a_shape[2 + i], geo.kernel[i], geo.strides[i], geo.pads[i],
-                                 geo.pads[i + 2], geo.dilations[i]);
-    if (want != g_shape[2 + i]) {
-      msg << "NormGrad: g has spatial size " << g_shape[2 + i] << " on axis " << 2 + i
-          << " but the convolution of a gives " << want << ".";
-      return msg.str();
-    }
-  }
-  return "";
+  return check_geometry("NormGrad", geo, a_shape[2], a_shape[3], g_shape[2], g_shape[3]);
 }
 
 void normgrad_cpu(const float* g, const int64_t g_shape[4], const float* a,
@@ -81,46 +48,77 @@ void normgrad_cpu(const float* g, const int64_t g_shape[4], const float* a,
   const int64_t N = g_shape[0], K = g_shape[1], Ho = g_shape[2], Wo = g_shape[3];
   const int64_t C = a_shape[1], H = a_shape[2], W = a_shape[3];
   const int64_t out_hw = Ho * Wo, in_hw = H * W;
-  parallel_for(N, threads, [&](int64_t n0, int64_t n1) {
-    std::vector<float> gsq(out_hw), asq(in_hw);
-    for (int64_t n = n0; n < n1; ++n) {
-      const float* gn = g + n * K * out_hw;
-      const float* an = a + n * C * in_hw;
-      float* on = out + n * out_hw;
-      if (mode == NormGradMode::Selective) {
-        std::fill(on, on + out_hw, 0.0f);
+
+  if (mode != NormGradMode::Conv) {  // one pass over both tensors, blocked over space
+    const int64_t nb = blocks(out_hw);
+    parallel_for(N * nb, threads, [&](int64_t t0, int64_t t1) {
+      std::vector<float> gsq(kBlock), asq(kBlock);
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t n = t / nb, begin = (t % nb) * kBlock, end = std::min(out_hw, begin + kBlock);
+        const float* gn = g + n * K * out_hw;
+        const float* an = a + n * C * in_hw;
+        float* on = out + n * out_hw;
+        const int64_t len = end - begin;
+        std::fill(gsq.begin(), gsq.end(), 0.0f);
+        std::fill(asq.begin(), asq.end(), 0.0f);
         for (int64_t c = 0; c < K; ++c) {
-          const float* gr = gn + c * out_hw;
-          const float* ar = an + c * out_hw;
-          for (int64_t i = 0; i < out_hw; ++i) {
-            float p = std::max(gr[i] * ar[i], 0.0f);
-            on[i] += p * p;
-          }
-        }
-        for (int64_t i = 0; i < out_hw; ++i) on[i] = std::sqrt(on[i]);
-        continue;
-      }
-      channel_sumsq(gn, K, out_hw, gsq.data());
-      channel_sumsq(an, C, in_hw, asq.data());
-      if (mode == NormGradMode::Identity) {
-        for (int64_t i = 0; i < out_hw; ++i) on[i] = std::sqrt(gsq[i]) * std::sqrt(asq[i]);
-        continue;
-      }
-      // conv: patch norm = sqrt(box-sum of asq over the (strided, dilated, padded) window)
-      for (int64_t oy = 0; oy < Ho; ++oy) {
-        for (int64_t ox = 0; ox < Wo; ++ox) {
-          float patch = 0.0f;
-          for (int64_t ky = 0; ky < geo.kernel[0]; ++ky) {
-            int64_t y = oy * geo.strides[0] - geo.pads[0] + ky * geo.dilations[0];
-            if (y < 0 || y >= H) continue;
-            for (int64_t kx = 0; kx < geo.kernel[1]; ++kx) {
-              int64_t x = ox * geo.strides[1] - geo.pads[1] + kx * geo.dilations[1];
-              if (x < 0 || x >= W) continue;
-              patch += asq[y * W + x];
+          const float* gr = gn + c * out_hw + begin;
+          const float* ar = an + c * out_hw + begin;
+          if (mode == NormGradMode::Selective) {
+            for (int64_t i = 0; i < len; ++i) {
+              const float p = std::max(gr[i] * ar[i], 0.0f);
+              gsq[i] += p * p;
+            }
+          } else {
+            for (int64_t i = 0; i < len; ++i) {
+              gsq[i] += gr[i] * gr[i];
+              asq[i] += ar[i] * ar[i];
             }
           }
-          on[oy * Wo + ox] = std::sqrt(gsq[oy * Wo + ox]) * std::sqrt(patch);
         }
+        if (mode == NormGradMode::Selective) {
+          for (int64_t i = 0; i < len; ++i) on[begin + i] = std::sqrt(gsq[i]);
+        } else {
+          for (int64_t i = 0; i < len; ++i) on[begin + i] = std::sqrt(gsq[i]) * std::sqrt(asq[i]);
+        }
+      }
+    });
+    return;
+  }
+
+  // conv: phase 1 the channel sums of squares of g and a; phase 2 the patch box-sums.
+  std::vector<float> gsq(static_cast<size_t>(N * out_hw)), asq(static_cast<size_t>(N * in_hw));
+  const int64_t nbg = blocks(out_hw), nba = blocks(in_hw);
+  parallel_for(N * (nbg + nba), threads, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / (nbg + nba), b = t % (nbg + nba);
+      if (b < nbg) {
+        channel_sumsq(g + n * K * out_hw, K, out_hw, b * kBlock,
+                      std::min(out_hw, (b + 1) * kBlock), gsq.data() + n * out_hw);
+      } else {
+        const int64_t ba = b - nbg;
+        channel_sumsq(a + n * C * in_hw, C, in_hw, ba * kBlock,
+                      std::min(in_hw, (ba + 1) * kBlock), asq.data() + n * in_hw);
+      }
+    }
+  });
+  parallel_for(N * Ho, threads, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / Ho, oy = t % Ho;
+      const float* an = asq.data() + n * in_hw;
+      const float* gn = gsq.data() + n * out_hw;
+      for (int64_t ox = 0; ox < Wo; ++ox) {
+        float patch = 0.0f;
+        for (int64_t ky = 0; ky < geo.kernel[0]; ++ky) {
+          const int64_t y = oy * geo.strides[0] - geo.pads[0] + ky * geo.dilations[0];
+          if (y < 0 || y >= H) continue;
+          for (int64_t kx = 0; kx < geo.kernel[1]; ++kx) {
+            const int64_t x = ox * geo.strides[1] - geo.pads[1] + kx * geo.dilations[1];
+            if (x < 0 || x >= W) continue;
+            patch += an[y * W + x];
+          }
+        }
+        out[n * out_hw + oy * Wo + ox] = std::sqrt(gn[oy * Wo + ox]) * std::sqrt(patch);
       }
     }
   });

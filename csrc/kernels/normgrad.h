@@ -6,34 +6,33 @@
 //                      same shape as g)
 // Output: out [N, 1, Ho, Wo]
 //   identity:  out = ||g_u||_2 * ||a_u||_2                      (virtual 1x1 identity conv)
-//   conv:      out = ||g_v||_2 * ||P_k(a)_v||_2                 (the real conv's k x k patch)
+//   conv:      out = ||g_v||_2 * ||P_k(a)_v||_2                 (the real conv's k x k patch,
+//              ||P_k(a)_v||^2 = box-sum of sum_c a^2 over the strided, padded, dilated window)
 //   selective: out = || max(a_u * g_u, 0) ||_2                  (elementwise over channels)
 #pragma once
 
 #include <cstdint>
 #include <string>
 
+#include "geometry.h"
+
 namespace onnx_saliency {
 
 enum class NormGradMode { Identity = 0, Conv = 1, Selective = 2 };
-
-struct ConvGeometry {
-  int64_t kernel[2] = {1, 1};
-  int64_t strides[2] = {1, 1};
-  int64_t pads[4] = {0, 0, 0, 0};  // top, left, bottom, right (ONNX order)
-  int64_t dilations[2] = {1, 1};
-};
-
-// Output spatial size of a convolution with this geometry over an input of size `in`.
-int64_t conv_out_size(int64_t in, int64_t k, int64_t s, int64_t p_begin, int64_t p_end, int64_t d);
 
 // Checks shapes and geometry; returns an empty string when valid, else one sentence.
 std::string normgrad_check(const int64_t g_shape[4], const int64_t a_shape[4],
                            const ConvGeometry& geo, NormGradMode mode);
 
-// Computes the map; call normgrad_check first. `threads` <= 0 uses all cores.
+// Computes the map on the CPU; call normgrad_check first. `threads` <= 0 uses all cores.
 void normgrad_cpu(const float* g, const int64_t g_shape[4], const float* a,
                   const int64_t a_shape[4], const ConvGeometry& geo, NormGradMode mode,
                   float* out, int threads = 0);
+
+// The CUDA twin (normgrad.cu): device pointers, enqueued on `stream` (a cudaStream_t).
+// Returns an empty string, or the CUDA error. Only defined when built with CUDA.
+std::string normgrad_cuda(const float* g, const int64_t g_shape[4], const float* a,
+                          const int64_t a_shape[4], const ConvGeometry& geo, NormGradMode mode,
+                          float* out, void* stream);
 
 }  // namespace onnx_saliency

@@ -19,7 +19,9 @@ from . import methods as methods_mod
 from .backward.rules import RULE_TABLES
 from .backward.walk import backward
 from .canonical import BATCH, CanonicalModel, ModelSource, canonicalize
-from .errors import LayerNotFoundError, MethodError
+from . import fused as fused_ops
+from .combine import combination
+from .errors import LayerNotFoundError, MethodError, SaliencyError
 from .graph import GraphBuilder, GraphIndex
 from .layers import LayerNames, default_layer
 from .methods.base import Method
@@ -52,21 +54,22 @@ def seed_from_target(b: GraphBuilder, index: GraphIndex, logits: str) -> str:
 class _Assembly:
     """Builds one explainer ModelProto from a canonical model."""
 
-    def __init__(self, canon: CanonicalModel):
+    def __init__(self, canon: CanonicalModel, fused: bool = False):
         self.canon = canon
         self.model = onnx.ModelProto()
         self.model.CopyFrom(canon.model)
         self.index = GraphIndex(self.model)
-        self.b = GraphBuilder(self.index)
+        self.b = GraphBuilder(self.index, fused=fused)
         if TARGET in self.index.producer or TARGET in self.index.graph_inputs:
             raise MethodError(f"The model already has a tensor named '{TARGET}'.")
         self.seed = seed_from_target(self.b, self.index, canon.output_name)
 
-    def grads(self, rule: str, wrt: Iterable[str]) -> dict[str, str | None]:
+    def grads(self, rule: str, wrt: Iterable[str], options: dict | None = None
+              ) -> dict[str, str | None]:
         if rule not in RULE_TABLES:
             raise MethodError(f"Unknown backward rule '{rule}'; available: {', '.join(RULE_TABLES)}.")
         return backward(self.b, self.index, RULE_TABLES[rule],
-                        {self.canon.output_name: self.seed}, wrt)
+                        {self.canon.output_name: self.seed}, wrt, dict(options or {}))
 
     def finish(self, outputs: Sequence[tuple[str, str, int]], keep_logits: bool,
                metadata: dict | None = None) -> onnx.ModelProto:
@@ -126,15 +129,25 @@ class Explainer:
 
     `methods`: names or method objects (`methods.GradCAM(relu=False)`); `layers`: layer names
     for layer methods (module paths such as `layer4` or raw tensor names; None: each method's
-    default); `providers`: ONNX Runtime execution providers.
+    default); `providers`: ONNX Runtime execution providers; `fused`: emit the fused custom ops
+    (default: when the custom-op library is present) or their portable decompositions.
+    `combine` ("sum" | "product"): one map per layer method, the per-layer maps min-max
+    normalised and combined with `weights` ("uniform", "linear" w_l = l/L, or a list), named
+    `<method>@combined`.
     """
 
     def __init__(self, model: ModelSource, methods: Sequence[str | Method] | str = ("gradient",),
                  layers: Sequence[str] | str | None = None,
-                 providers: Sequence[str] | None = None, *, threads: int | None = None):
+                 providers: Sequence[str] | None = None, *, threads: int | None = None,
+                 fused: bool | None = None, combine: str | None = None,
+                 weights: str | Sequence[float] = "uniform"):
         self.canonical = canonicalize(model)
         self.providers = providers
         self.threads = threads
+        if fused and not fused_ops.available():
+            raise SaliencyError("fused=True, but the custom-op library was not built with this "
+                                "install (see the README); use fused=False.")
+        self.fused = fused_ops.available() if fused is None else bool(fused)
         index = GraphIndex(self.canonical.model)
         self.layer_names = LayerNames(index, self.canonical.input_name)
         self._index = index
@@ -143,7 +156,8 @@ class Explainer:
             raise MethodError("Give at least one method.")
         layers = [layers] if isinstance(layers, str) else (list(layers) if layers else None)
         self.requests = self._requests([methods_mod.resolve(m) for m in methods], layers)
-        self.model = self._build()
+        self.combination = combination(combine, weights, self.requests)
+        self.model = self._build(self.fused)
         self._session = None
 
     # -- building ---------------------------------------------------------------------------
@@ -158,10 +172,12 @@ class Explainer:
                 labels = [method.layer]
             elif layers:
                 labels = layers
-            elif method.default_at_input:
-                labels = [self.layer_names.friendly(inp)]
+            elif method.default_at_input:   # at the image: named like the input methods
+                requests.append(MapRequest(method.name, method, inp))
+                continue
             else:
-                labels = [self.layer_names.friendly(default_layer(self._index, inp))]
+                tap = method.default_tap(self._index, inp) or default_layer(self._index, inp)
+                labels = [self.layer_names.friendly(tap)]
             for label in labels:
                 tensor = self.layer_names.resolve(label)
                 _check_4d(self._index, tensor, label)
@@ -173,15 +189,16 @@ class Explainer:
                               "list each method and layer once.")
         return requests
 
-    def _build(self) -> onnx.ModelProto:
-        asm = _Assembly(self.canonical)
-        by_rule: dict[str, list[MapRequest]] = {}
+    def _build(self, fused: bool) -> onnx.ModelProto:
+        asm = _Assembly(self.canonical, fused)
+        by_walk: dict[tuple, list[MapRequest]] = {}
         for req in self.requests:
-            by_rule.setdefault(req.method.rule, []).append(req)
-        outputs = []
+            options = req.method.rule_options()
+            by_walk.setdefault((req.method.rule, tuple(sorted(options.items()))), []).append(req)
+        maps: dict[str, str] = {}
         inp = self.canonical.input_name
-        for rule, reqs in by_rule.items():
-            grads = asm.grads(rule, [r.tensor for r in reqs])
+        for (rule, options), reqs in by_walk.items():
+            grads = asm.grads(rule, [r.tensor for r in reqs], dict(options))
             for req in reqs:
                 g = grads[req.tensor]
                 if g is None:
@@ -192,14 +209,20 @@ class Explainer:
                 if req.tensor != inp:
                     saliency = asm.b.squeeze(
                         asm.b.resize_to(asm.b.unsqueeze(saliency, [1]), inp), [1])
-                outputs.append((req.key, saliency, 3))
-        meta = {"onnx_saliency.maps": [r.key for r in self.requests],
-                "onnx_saliency.input": inp, "onnx_saliency.logits": self.canonical.output_name}
+                maps[req.key] = saliency
+        if self.combination is not None:
+            maps = self.combination.apply(asm.b, maps, self.requests)
+        outputs = [(key, tensor, 3) for key, tensor in maps.items()]
+        meta = {"onnx_saliency.maps": list(maps), "onnx_saliency.input": inp,
+                "onnx_saliency.logits": self.canonical.output_name,
+                "onnx_saliency.fused": fused}
         return asm.finish(outputs, keep_logits=True, metadata=meta)
 
     # -- running ----------------------------------------------------------------------------
     @property
     def map_names(self) -> list[str]:
+        if self.combination is not None:
+            return self.combination.keys(self.requests)
         return [r.key for r in self.requests]
 
     @property
@@ -243,10 +266,12 @@ class Explainer:
         out.pop("logits")
         return out
 
-    def save(self, path) -> None:
+    def save(self, path, portable: bool = False) -> None:
         """Write the explainer graph: inputs (image, target int64 [N]; −1 = top-1),
-        outputs (logits, one [N,H,W] map per key)."""
-        onnx.save(self.model, str(path))
+        outputs (logits, one [N,H,W] map per key). `portable=True` writes the standard-ONNX
+        decomposition of the fused ops (runs in any ONNX runtime without the custom-op library)."""
+        model = self._build(False) if portable and self.fused else self.model
+        onnx.save(model, str(path))
 
 
 def list_layers(model: ModelSource) -> list[str]:

@@ -115,8 +115,9 @@ def _freeze(value):
 class GraphBuilder:
     """Emits nodes and constants with fresh names; identical nodes are emitted once (CSE)."""
 
-    def __init__(self, index: GraphIndex, prefix: str = "osal"):
+    def __init__(self, index: GraphIndex, prefix: str = "osal", fused: bool = False):
         self.index = index
+        self.fused = fused  # emit custom-domain nodes (fused.py) rather than their portable twins
         self.opset = index.opset
         self.prefix = prefix
         self.nodes: list[onnx.NodeProto] = []

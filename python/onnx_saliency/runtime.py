@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from . import fused
 from .errors import InputError, SaliencyError
 
 TargetLike = int | Sequence[int] | np.ndarray | None
@@ -26,6 +27,14 @@ def make_session(model: onnx.ModelProto, providers: Sequence[str] | None = None,
             f"build (available: {', '.join(available)}).")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if any(o.domain == fused.DOMAIN for o in model.opset_import):
+        library = fused.library_path()
+        if library is None:
+            raise SaliencyError(
+                f"This explainer graph uses fused ops of the domain {fused.DOMAIN}, but the "
+                "custom-op library was not built with this install; rebuild it (see the README) "
+                "or build the explainer with fused=False.")
+        opts.register_custom_ops_library(library)
     if threads:
         opts.intra_op_num_threads = threads
     return ort.InferenceSession(model.SerializeToString(), opts, providers=providers)

@@ -1,18 +1,27 @@
 """Saliency methods. A method is a backward rule table plus an extraction head (see base.py).
 
-Pass names (`"gradcam"`) or objects carrying options (`GradCAM(relu=False)`) to `Explainer`.
+Pass names (`"gradcam"`) or objects carrying options (`GradCAM(relu=False)`, `TSGB(gamma=0.8)`,
+`Extraction("identity3x3", "max_abs")`) to `Explainer`.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 from ..errors import MethodError
 from .base import Method
 from .gradcam import GradCAM
 from .gradient import (Deconvnet, Gradient, GradientSum, GuidedBackprop, InputXGradient,
                        LinearApprox)
+from .normgrad import EXTRACTIONS, Extraction, NormGrad, NormGradConv, NormGradSelective
+from .tsgb import TSGB
 
-REGISTRY: dict[str, type[Method]] = {cls.name: cls for cls in (
-    Gradient, GradientSum, InputXGradient, LinearApprox, GuidedBackprop, Deconvnet, GradCAM)}
+REGISTRY: dict[str, Callable[[], Method]] = {
+    "gradient": Gradient, "gradient_sum": GradientSum, "input_x_gradient": InputXGradient,
+    "linear_approx": LinearApprox, "guided_backprop": GuidedBackprop, "deconvnet": Deconvnet,
+    "gradcam": GradCAM, "normgrad": NormGrad, "normgrad_conv": NormGradConv,
+    "normgrad_selective": NormGradSelective, "tsgb": TSGB,
+}
 
 
 def resolve(method: str | Method) -> Method:
@@ -25,4 +34,5 @@ def resolve(method: str | Method) -> Method:
 
 
 __all__ = ["Method", "resolve", "REGISTRY", "Gradient", "GradientSum", "InputXGradient",
-           "LinearApprox", "GuidedBackprop", "Deconvnet", "GradCAM"]
+           "LinearApprox", "GuidedBackprop", "Deconvnet", "GradCAM", "Extraction", "EXTRACTIONS",
+           "NormGrad", "NormGradConv", "NormGradSelective", "TSGB"]

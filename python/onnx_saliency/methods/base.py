@@ -24,6 +24,14 @@ class Method:
     def head(self, b: GraphBuilder, x: str, g: str) -> str:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def default_tap(self, index, image: str) -> str | None:
+        """The tensor a layer method taps when no layer is given (None: the general default)."""
+        return None
+
+    def rule_options(self) -> dict:
+        """Options of the backward rules (methods with equal rule and options share a walk)."""
+        return {}
+
     @property
     def layer(self) -> str | None:
         return getattr(self, "at", None)

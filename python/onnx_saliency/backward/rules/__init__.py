@@ -1,11 +1,12 @@
 """The rule tables: op type -> backward rule, one table per backward method.
 
-Methods of the gradient family differ only at ReLU; everything else is the true gradient.
+Methods of the gradient family differ only at ReLU; TSGB replaces Conv, BatchNormalization and
+the fully-connected rules; everything else is the true gradient.
 """
 
 from __future__ import annotations
 
-from . import activations, conv, elementwise, linear, normalization, pooling, shape_ops
+from . import activations, conv, elementwise, linear, normalization, pooling, shape_ops, tsgb
 
 GRADIENT = {**conv.RULES, **linear.RULES, **elementwise.RULES, **activations.RULES,
             **pooling.RULES, **normalization.RULES, **shape_ops.RULES}
@@ -14,4 +15,5 @@ RULE_TABLES = {
     "gradient": GRADIENT,
     "guided_backprop": {**GRADIENT, "Relu": activations.relu_guided},
     "deconvnet": {**GRADIENT, "Relu": activations.relu_deconvnet},
+    "tsgb": {**GRADIENT, **tsgb.RULES},
 }

@@ -1,0 +1,67 @@
+// Shared pieces of the ONNX Runtime adapters: attribute reading with defaults, shape checks and
+// error statuses. Every failure becomes an OrtStatus; nothing throws across the C boundary.
+#pragma once
+
+#define ORT_API_MANUAL_INIT
+#include <onnxruntime_cxx_api.h>
+#undef ORT_API_MANUAL_INIT
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "geometry.h"
+
+namespace onnx_saliency::ort {
+
+constexpr const char* kDomain = "ai.onnx_saliency";
+constexpr const char* kCpu = "CPUExecutionProvider";
+constexpr const char* kCuda = "CUDAExecutionProvider";
+
+inline OrtStatusPtr error(const std::string& msg) {
+  return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, msg.c_str());
+}
+inline OrtStatusPtr failure(const std::string& msg) {
+  return Ort::GetApi().CreateStatus(ORT_FAIL, msg.c_str());
+}
+
+// An int64 list attribute, or `fallback` when absent.
+std::vector<int64_t> ints_attr(const OrtKernelInfo* info, const char* name,
+                               std::vector<int64_t> fallback);
+int64_t int_attr(const OrtKernelInfo* info, const char* name, int64_t fallback);
+float float_attr(const OrtKernelInfo* info, const char* name, float fallback);
+std::string string_attr(const OrtKernelInfo* info, const char* name, std::string fallback);
+
+// Fills a geometry from kernel_shape/strides/pads/dilations; returns "" or one sentence.
+std::string read_geometry(const char* op, const OrtKernelInfo* info, ConvGeometry& geo);
+
+// The shape of input `i` if it is a 4-D float32 tensor, else an error sentence in `err`.
+bool float4d(const Ort::ConstValue& value, const char* op, const char* what,
+             std::vector<int64_t>& shape, std::string& err);
+
+// Same geometry attributes read during shape inference (ORT >= 1.16 shape-inference API).
+std::string read_geometry(const char* op, Ort::ShapeInferContext& ctx, ConvGeometry& geo);
+
+// A shape for ShapeInferContext::SetOutputShape with every unknown dimension (reported by ORT as
+// int -1) replaced by a fresh symbol: an int -1 would be taken as a real size by later passes.
+Ort::ShapeInferContext::Shape unknown_dims_as_symbols(const Ort::ShapeInferContext::Shape& shape);
+
+// Runs `body` and turns any C++ exception into an ORT status.
+template <class Body>
+OrtStatusPtr guarded(const char* op, Body body) noexcept {
+  try {
+    return body();
+  } catch (const Ort::Exception& e) {
+    return failure(std::string(op) + ": " + e.what());
+  } catch (const std::exception& e) {
+    return failure(std::string(op) + ": " + e.what());
+  } catch (...) {
+    return failure(std::string(op) + ": unknown error.");
+  }
+}
+
+// Op registration entry points, one per op file.
+void add_normgrad_ops(Ort::CustomOpDomain& domain);
+void add_rectified_conv_transpose_ops(Ort::CustomOpDomain& domain);
+
+}  // namespace onnx_saliency::ort

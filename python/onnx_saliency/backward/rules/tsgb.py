@@ -1,0 +1,115 @@
+"""TSGB: target-selective gradient backprop (METHODS.md §5), as rules of the backward walk.
+
+Conv (TSGB-Conv): ĝ_a = sign(a) ⊙ ConvTranspose(S / (D + ε), ones) per group, S = Σ_k ĝ_z ⊙ z,
+    D = box-sum of Σ_c |a| (fused op RectifiedConvTranspose, or its portable twin). The weights
+    enter only through z; conservation Σ a ⊙ ĝ_a = Σ ĝ_z ⊙ z (bias share included).
+BatchNormalization (ratio rule): ĝ_x = ĝ_y ⊙ y / (x + 1e-10), relevance passes unchanged.
+Fully-connected (TSGB-FC) on the last FC layer (option fc="all": every FC layer), z = W a + b:
+    β_j = γ z⁺_j / |z⁻_j|, ĝ_a = W⁺ᵀ ĝ_z + W⁻ᵀ (β ⊙ ĝ_z), z± = W± a (bias excluded).
+Everything else keeps the plain gradient. Options (ctx.options): gamma (1.0), fc ("last"|"all").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ... import fused
+from ...graph import attrs_of
+from ..context import RuleContext, conv_geometry
+from . import linear
+
+EPS = 1e-10
+
+
+def conv(ctx: RuleContext, node, grads):
+    result = [None] * len(node.input)
+    if ctx.wants(node, 1) or ctx.wants(node, 2):
+        raise ctx.unsupported(node, "has weights computed from the image; only constant "
+                              "weights are supported")
+    if not ctx.wants(node, 0):
+        return result
+    wshape = ctx.index.shapes.get(node.input[1])
+    if wshape is None or len(wshape) != 4 or not all(isinstance(d, int) for d in wshape[2:]):
+        raise ctx.unsupported(node, "is not a 2-D convolution of known kernel size; TSGB-Conv "
+                              "covers 2-D convolutions")
+    kernel = list(wshape[2:])
+    geo = conv_geometry(ctx, node, node.input[0], kernel)
+    group = attrs_of(node).get("group", 1)
+    result[0] = fused.rectified_conv_transpose(
+        ctx, grads[0], node.output[0], node.input[0], kernel, geo["strides"], geo["pads"],
+        geo["dilations"], group, EPS)
+    return result
+
+
+def batch_norm(ctx: RuleContext, node, grads):
+    if any(ctx.wants(node, i) for i in range(1, 5)):
+        raise ctx.unsupported(node, "has parameters computed from the image")
+    b, x, y = ctx.b, node.input[0], node.output[0]
+    ratio = b.op("Div", y, b.op("Add", x, b.const(np.float32(EPS))))
+    return [b.op("Mul", grads[0], ratio)] + [None] * (len(node.input) - 1)
+
+
+def _is_fc(ctx: RuleContext, node) -> bool:
+    if node.op_type == "Gemm":
+        return True
+    w = ctx.index.const(node.input[1]) if node.op_type == "MatMul" else None
+    return w is not None and w.ndim == 2
+
+
+def _tsgb_fc_nodes(ctx: RuleContext) -> set[str]:
+    """Names of the FC nodes that get TSGB-FC: the last ones on every path, or all."""
+    if "_tsgb_fc_nodes" in ctx.options:
+        return ctx.options["_tsgb_fc_nodes"]
+    fcs = [n for n in ctx.index.nodes if n.op_type in ("Gemm", "MatMul") and _is_fc(ctx, n)]
+    if ctx.options.get("fc", "last") == "all":
+        chosen = {n.name for n in fcs}
+    else:
+        fc_below: dict[str, bool] = {}   # tensor -> an FC node consumes it, directly or later
+        chosen = set()
+        fc_names = {n.name for n in fcs}
+        for n in reversed(ctx.index.nodes):
+            below = any(fc_below.get(o, False) for o in n.output)
+            if n.name in fc_names and not below:
+                chosen.add(n.name)
+            for i in n.input:
+                fc_below[i] = fc_below.get(i, False) or below or n.name in fc_names
+    ctx.options["_tsgb_fc_nodes"] = chosen
+    return chosen
+
+
+def _weight_matrix(ctx: RuleContext, node) -> np.ndarray | None:
+    """W [K, N] with z = W a (+ bias) for a TSGB-FC node, α folded in; None if not constant."""
+    w = ctx.index.const(node.input[1])
+    if w is None:
+        return None
+    if node.op_type == "MatMul":
+        return w.T
+    a = attrs_of(node)
+    if a.get("transA", 0):
+        return None
+    w = w if a.get("transB", 0) else w.T
+    return w * a.get("alpha", 1.0)
+
+
+def fully_connected(ctx: RuleContext, node, grads):
+    plain = linear.RULES[node.op_type]
+    if node.name not in _tsgb_fc_nodes(ctx) or not ctx.wants(node, 0):
+        return plain(ctx, node, grads)
+    w = _weight_matrix(ctx, node)
+    if w is None or ctx.wants(node, 1):
+        raise ctx.unsupported(node, "needs constant weights (and transA = 0) for TSGB-FC")
+    b, a, g = ctx.b, node.input[0], grads[0]
+    gamma = float(ctx.options.get("gamma", 1.0))
+    w = w.astype(np.float32)
+    w_pos, w_neg = np.maximum(w, 0), np.minimum(w, 0)
+    z_pos = b.op("MatMul", a, b.const(np.ascontiguousarray(w_pos.T)))
+    z_neg = b.op("MatMul", a, b.const(np.ascontiguousarray(w_neg.T)))
+    beta = b.op("Div", b.op("Mul", z_pos, b.const(np.float32(gamma))),
+                b.op("Add", b.op("Abs", z_neg), b.const(np.float32(EPS))))
+    g_a = b.op("Add", b.op("MatMul", g, b.const(w_pos)),
+               b.op("MatMul", b.op("Mul", g, beta), b.const(w_neg)))
+    return [g_a] + [None] * (len(node.input) - 1)
+
+
+RULES = {"Conv": conv, "BatchNormalization": batch_norm, "Gemm": fully_connected,
+         "MatMul": fully_connected}

@@ -1,0 +1,46 @@
+"""TSGB (METHODS.md §5): the TSGB rule table, then M = Σ_c x ⊙ ĝ_x (signed relevance).
+
+At the input (default) x is the image; `tsgb@<layer>` reads the relevance at that layer.
+`normalize=True` gives the display form max(M, 0) / max|M| per image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import MethodError
+from .base import Method
+from .heads import aggregate
+
+
+@dataclass(frozen=True)
+class TSGB(Method):
+    """Target-selective gradient backprop. gamma: TSGB-FC's γ (0.75–0.9 suggested for ResNets);
+    fc: "last" (the classifier only, the authors' code) or "all" fully-connected layers."""
+
+    name = "tsgb"
+    rule = "tsgb"
+    layer_method = True
+    default_at_input = True
+    gamma: float = 1.0
+    fc: str = "last"
+    normalize: bool = False
+    at: str | None = None
+
+    def __post_init__(self):
+        if self.fc not in ("last", "all"):
+            raise MethodError(f"TSGB fc must be 'last' or 'all', not {self.fc!r}.")
+        if not np.isfinite(self.gamma):
+            raise MethodError("TSGB gamma must be a finite number.")
+
+    def rule_options(self) -> dict:
+        return {"gamma": float(self.gamma), "fc": self.fc}
+
+    def head(self, b, x, g):
+        m = aggregate(b, b.op("Mul", x, g), "sum")
+        if not self.normalize:
+            return m
+        peak = b.reduce("ReduceMax", b.op("Abs", m), [1, 2], keepdims=True)
+        return b.op("Div", b.op("Relu", m), b.op("Max", peak, b.const(np.float32(1e-30))))
