@@ -72,3 +72,145 @@ def test_normgrad_rejects_bad_input_without_crashing():
         _kernels.normgrad(np.zeros((1, 2, 3, 3), np.float32), a, "conv", [3, 3])
     with pytest.raises(ValueError, match="positive"):
         _kernels.normgrad(a, a, "conv", [1, 1], [0, 1])
+
+
+# -- RectifiedConvTranspose ----------------------------------------------------------------
+
+def _rct_reference(g, z, a, kernel, strides, pads, dilations, group, eps=1e-10):
+    """TSGB-Conv backward by explicit window loops in float64 NumPy (METHODS.md §5)."""
+    n, c, h, w = a.shape
+    k_out, ho, wo = g.shape[1:]
+    s = (g.astype(np.float64) * z).reshape(n, group, k_out // group, ho, wo).sum(2)
+    absum = np.abs(a.astype(np.float64)).reshape(n, group, c // group, h, w).sum(2)
+    out = np.zeros((n, group, h, w))
+    for i in range(ho):
+        for j in range(wo):
+            ys = [i * strides[0] - pads[0] + t * dilations[0] for t in range(kernel[0])]
+            xs = [j * strides[1] - pads[1] + t * dilations[1] for t in range(kernel[1])]
+            cells = [(y, x) for y in ys for x in xs if 0 <= y < h and 0 <= x < w]
+            d = sum(absum[:, :, y, x] for y, x in cells) if cells else np.zeros((n, group))
+            r = s[:, :, i, j] / (d + eps)
+            for y, x in cells:
+                out[:, :, y, x] += r
+    return np.sign(a) * np.repeat(out, c // group, axis=1)
+
+
+geometry = dict(
+    n=st.integers(1, 2), h=st.integers(1, 9), w=st.integers(1, 9), kh=st.integers(1, 3),
+    kw=st.integers(1, 3), s=st.integers(1, 3), d=st.integers(1, 2),
+    p=st.lists(st.integers(0, 2), min_size=4, max_size=4), group=st.sampled_from([1, 2, 3]),
+    cg=st.integers(1, 3), kg=st.integers(1, 3), seed=st.integers(0, 2**16))
+
+
+def _rct_case(n, h, w, kh, kw, s, d, p, group, cg, kg, seed):
+    ho = (h + p[0] + p[2] - d * (kh - 1) - 1) // s + 1
+    wo = (w + p[1] + p[3] - d * (kw - 1) - 1) // s + 1
+    if ho < 1 or wo < 1:
+        return None
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((n, cg * group, h, w)).astype(np.float32)
+    z = rng.standard_normal((n, kg * group, ho, wo)).astype(np.float32)
+    g = rng.standard_normal((n, kg * group, ho, wo)).astype(np.float32)
+    return g, z, a, dict(kernel_shape=[kh, kw], strides=[s, s], pads=p, dilations=[d, d], group=group)
+
+
+@settings(max_examples=40, deadline=None)
+@given(**geometry)
+def test_rectified_conv_transpose_matches_numpy(**kw):
+    case = _rct_case(**kw)
+    if case is None:
+        return
+    g, z, a, attrs = case
+    out = _kernels.rectified_conv_transpose(g, z, a, threads=2, **attrs)
+    ref = _rct_reference(g, z, a, attrs["kernel_shape"], attrs["strides"], attrs["pads"],
+                         attrs["dilations"], attrs["group"])
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(ref).max()))
+
+
+def test_rectified_conv_transpose_rejects_bad_input_without_crashing():
+    a = np.zeros((1, 4, 5, 5), np.float32)
+    g = np.zeros((1, 6, 5, 5), np.float32)
+    with pytest.raises(ValueError, match="same shape"):
+        _kernels.rectified_conv_transpose(g, g[:, :3], a)
+    with pytest.raises(ValueError, match="group"):
+        _kernels.rectified_conv_transpose(g, g, a, group=4)
+    with pytest.raises(ValueError, match="spatial size"):
+        _kernels.rectified_conv_transpose(g, g, a, kernel_shape=[3, 3])
+    with pytest.raises(TypeError, match="float32"):
+        _kernels.rectified_conv_transpose(g, g, a.astype(np.float16))
+
+
+# -- the same kernels through an ONNX Runtime session (the custom-op library) --------------
+
+def _session(op, inputs, **attrs):
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from onnx_saliency import fused
+
+    node = helper.make_node(op, list(inputs), ["out"], domain=fused.DOMAIN, **attrs)
+    graph = helper.make_graph(
+        [node], op, [helper.make_tensor_value_info(i, TensorProto.FLOAT, None) for i in inputs],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid(fused.DOMAIN, 1)])
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    opts.register_custom_ops_library(fused.library_path())
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def test_custom_op_library_is_built():
+    assert _kernels.library_path() is not None
+    assert _kernels.ORT_API_VERSION >= 16
+
+
+@settings(max_examples=15, deadline=None)
+@given(**geometry)
+def test_rectified_conv_transpose_through_onnxruntime(**kw):
+    case = _rct_case(**kw)
+    if case is None:
+        return
+    g, z, a, attrs = case
+    out = _session("RectifiedConvTranspose", "gza", **attrs).run(None, {"g": g, "z": z, "a": a})[0]
+    np.testing.assert_allclose(out, _kernels.rectified_conv_transpose(g, z, a, **attrs), rtol=1e-6)
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(1, 2), c=st.integers(1, 5), k_out=st.integers(1, 4), h=st.integers(2, 9),
+       w=st.integers(2, 9), kh=st.integers(1, 3), s=st.integers(1, 2),
+       p=st.lists(st.integers(0, 1), min_size=4, max_size=4), seed=st.integers(0, 2**16))
+def test_normgrad_through_onnxruntime(n, c, k_out, h, w, kh, s, p, seed):
+    ho = (h + p[0] + p[2] - kh) // s + 1
+    wo = (w + p[1] + p[3] - kh) // s + 1
+    if ho < 1 or wo < 1:
+        return
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    g = rng.standard_normal((n, k_out, ho, wo)).astype(np.float32)
+    geo = dict(kernel_shape=[kh, kh], strides=[s, s], pads=p, dilations=[1, 1])
+    out = _session("NormGrad", "ga", mode="conv", **geo).run(None, {"g": g, "a": a})[0]
+    np.testing.assert_allclose(out, _kernels.normgrad(g, a, "conv", [kh, kh], [s, s], p, [1, 1]),
+                               rtol=1e-6)
+    sq = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    for mode in ("identity", "selective"):
+        out = _session("NormGrad", "ga", mode=mode).run(None, {"g": sq, "a": a})[0]
+        np.testing.assert_allclose(out, _kernels.normgrad(sq, a, mode), rtol=1e-6)
+
+
+def test_custom_ops_return_errors_not_crashes():
+    from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument, RuntimeException
+
+    sess = _session("RectifiedConvTranspose", "gza", kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    a = np.zeros((1, 2, 4, 4), np.float32)
+    g = np.zeros((1, 3, 4, 4), np.float32)
+    with pytest.raises(InvalidArgument, match="same shape"):
+        sess.run(None, {"g": g, "z": g[:, :2], "a": a})
+    with pytest.raises(InvalidArgument, match="4-D"):
+        sess.run(None, {"g": g, "z": g, "a": a[0]})
+    with pytest.raises(InvalidArgument, match="spatial size"):
+        sess.run(None, {"g": g[:, :, :3], "z": g[:, :, :3], "a": a})
+    with pytest.raises(RuntimeException, match="mode must be"):
+        _session("NormGrad", "ga", mode="bogus")
+    with pytest.raises(InvalidArgument, match="same shape"):
+        _session("NormGrad", "ga").run(None, {"g": g, "a": a})

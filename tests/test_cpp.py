@@ -1,0 +1,73 @@
+"""The C++ side: the kernel test binary under AddressSanitizer + UndefinedBehaviorSanitizer, and
+the production path (cmake --install, find_package(onnx_saliency), examples/cpp against the ONNX
+Runtime library inside the installed wheel) giving the same map as the Python API."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+
+import onnx_saliency as osal
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("c++") is None,
+                                reason="needs cmake and a C++ compiler")
+
+
+def _run(cmd, **kw):
+    result = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
+    assert result.returncode == 0, f"{' '.join(map(str, cmd))}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def test_kernels_under_sanitizers(tmp_path):
+    build = tmp_path / "build"
+    _run(["cmake", "-S", ROOT, "-B", build, "-DOSAL_BUILD_TESTS=ON", "-DOSAL_SANITIZE=ON",
+          "-DOSAL_ORT_LIB=OFF", "-DOSAL_CUDA=OFF", "-DCMAKE_BUILD_TYPE=Debug"])
+    _run(["cmake", "--build", build, "--target", "test_kernels", "-j2"])
+    result = _run([build / "test_kernels"])
+    assert "0 failures" in result.stdout
+    assert "runtime error" not in result.stderr and "AddressSanitizer" not in result.stderr
+
+
+def _ort_library() -> Path:
+    capi = Path(onnxruntime.__file__).parent / "capi"
+    libs = sorted(capi.glob("libonnxruntime.so*")) + sorted(capi.glob("libonnxruntime.*.dylib"))
+    assert libs, f"no ONNX Runtime library in {capi}"
+    return libs[0]
+
+
+def test_cpp_example_gives_the_python_maps(tmp_path):
+    from conftest import export_torchvision
+    build, prefix, example = tmp_path / "build", tmp_path / "prefix", tmp_path / "example"
+    _run(["cmake", "-S", ROOT, "-B", build, "-DOSAL_CUDA=OFF", f"-DCMAKE_INSTALL_PREFIX={prefix}"])
+    _run(["cmake", "--build", build, "-j2"])
+    _run(["cmake", "--install", build])
+    assert (prefix / "lib" / "cmake" / "onnx_saliency" / "onnx_saliencyConfig.cmake").is_file()
+    assert (prefix / "include" / "onnx_saliency" / "rectified_conv_transpose.h").is_file()
+    _run(["cmake", "-S", ROOT / "examples" / "cpp", "-B", example, f"-DCMAKE_PREFIX_PATH={prefix}",
+          f"-DONNXRUNTIME_LIBRARY={_ort_library()}"])
+    _run(["cmake", "--build", example, "-j2"])
+
+    model = tmp_path / "r18.onnx"
+    export_torchvision("resnet18", model, 32)
+    ex = osal.Explainer(model, methods=["tsgb", "normgrad"], layers=None, fused=True)
+    graph = tmp_path / "explainer.onnx"
+    ex.save(graph)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    np.save(tmp_path / "image.npy", x)
+    maps = ex.explain(x, 5)
+    assert ex.map_names[0] == "tsgb" and ex.map_names[1].startswith("normgrad@")
+    for i, key in enumerate(ex.map_names):
+        out = tmp_path / f"map{i}.npy"
+        _run([example / "explain_map", graph, tmp_path / "image.npy", 5, out, key])
+        np.testing.assert_allclose(np.load(out), maps[key], rtol=1e-5,
+                                   atol=1e-6 * np.abs(maps[key]).max())
+    bad = subprocess.run([str(example / "explain_map"), str(graph), str(tmp_path / "missing.npy"), "0",
+                          str(tmp_path / "x.npy")], capture_output=True, text=True)
+    assert bad.returncode == 1 and "cannot open" in bad.stderr
