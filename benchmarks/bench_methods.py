@@ -1,6 +1,7 @@
 """Explain time as a ratio to the model's own ONNX Runtime forward pass, in one process.
 
     python benchmarks/bench_methods.py [--models resnet50 vgg16] [--batches 1 8] [--repeat 5]
+                                       [--tsgb-normgrad]
 
 For each torchvision model (random weights, 224x224, exported with a dynamic batch) and batch size,
 with 2 threads everywhere: the median time of each explainer graph (one method each) divided by the
@@ -24,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 warnings.simplefilter("ignore")
 
 LAYER = {"resnet50": "layer4", "vgg16": "features.29"}
+LAYERS4 = {"resnet50": ["layer1", "layer2", "layer3", "layer4"],
+           "vgg16": ["features.8", "features.15", "features.22", "features.29"]}
 
 
 def median_time(fn, repeat):
@@ -48,6 +51,8 @@ def main():
     parser.add_argument("--models", nargs="+", default=["resnet50", "vgg16"])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--tsgb-normgrad", action="store_true",
+                        help="also TSGB and NormGrad at four layers, fused and portable")
     args = parser.parse_args()
     torch.set_num_threads(2)
     tmp = Path(tempfile.mkdtemp())
@@ -63,18 +68,27 @@ def main():
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 2
         fwd = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        methods = {"gradient": ("gradient", lambda m, x: Saliency(m).attribute(x, target=0)),
-                   f"gradcam@{layer}": (osal.methods.GradCAM(at=layer), lambda m, x: LayerGradCam(
+        # label -> (methods, layers, fused, Captum equivalent)
+        methods = {"gradient": (["gradient"], None, None, lambda m, x: Saliency(m).attribute(x, target=0)),
+                   f"gradcam@{layer}": (["gradcam"], [layer], None, lambda m, x: LayerGradCam(
                        m, m.get_submodule(layer)).attribute(x, target=0)),
-                   "guided_backprop": ("guided_backprop", None)}
-        explainers = {k: osal.Explainer(path, methods=[m], threads=2) for k, (m, _) in methods.items()}
+                   "guided_backprop": (["guided_backprop"], None, None, None)}
+        if args.tsgb_normgrad:
+            four = LAYERS4[name]
+            for fused in (True, False):
+                kind = "fused" if fused else "portable"
+                methods[f"tsgb ({kind})"] = (["tsgb"], None, fused, None)
+                methods[f"normgrad_selective@4 layers ({kind})"] = (["normgrad_selective"], four, fused, None)
+                methods[f"normgrad@4 layers ({kind})"] = (["normgrad"], four, fused, None)
+        explainers = {k: osal.Explainer(path, methods=m, layers=ls, fused=f, threads=2)
+                      for k, (m, ls, f, _) in methods.items()}
         for batch in args.batches:
             x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
             xt = torch.from_numpy(x)
             t_fwd = median_time(lambda: fwd.run(None, {"input": x}), args.repeat)
             with torch.no_grad():
                 t_torch = median_time(lambda: model(xt), args.repeat)
-            for key, (_, captum_fn) in methods.items():
+            for key, (*_, captum_fn) in methods.items():
                 ex = explainers[key]
                 t = median_time(lambda: ex.explain(x, target=0), args.repeat)
                 captum = "–"

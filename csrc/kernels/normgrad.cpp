@@ -44,14 +44,14 @@ std::string normgrad_check(const int64_t g_shape[4], const int64_t a_shape[4],
 
 void normgrad_cpu(const float* g, const int64_t g_shape[4], const float* a,
                   const int64_t a_shape[4], const ConvGeometry& geo, NormGradMode mode,
-                  float* out, int threads) {
+                  float* out, const Parallel& parallel) {
   const int64_t N = g_shape[0], K = g_shape[1], Ho = g_shape[2], Wo = g_shape[3];
   const int64_t C = a_shape[1], H = a_shape[2], W = a_shape[3];
   const int64_t out_hw = Ho * Wo, in_hw = H * W;
 
   if (mode != NormGradMode::Conv) {  // one pass over both tensors, blocked over space
     const int64_t nb = blocks(out_hw);
-    parallel_for(N * nb, threads, [&](int64_t t0, int64_t t1) {
+    parallel.run(N * nb, [&](int64_t t0, int64_t t1) {
       std::vector<float> gsq(kBlock), asq(kBlock);
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t n = t / nb, begin = (t % nb) * kBlock, end = std::min(out_hw, begin + kBlock);
@@ -61,18 +61,25 @@ void normgrad_cpu(const float* g, const int64_t g_shape[4], const float* a,
         const int64_t len = end - begin;
         std::fill(gsq.begin(), gsq.end(), 0.0f);
         std::fill(asq.begin(), asq.end(), 0.0f);
-        for (int64_t c = 0; c < K; ++c) {
-          const float* gr = gn + c * out_hw + begin;
-          const float* ar = an + c * out_hw + begin;
-          if (mode == NormGradMode::Selective) {
+        float* gs = gsq.data();
+        float* as = asq.data();
+        if (mode == NormGradMode::Selective) {
+          for (int64_t c = 0; c < K; ++c) {
+            const float* gr = gn + c * out_hw + begin;
+            const float* ar = an + c * out_hw + begin;
             for (int64_t i = 0; i < len; ++i) {
-              const float p = std::max(gr[i] * ar[i], 0.0f);
-              gsq[i] += p * p;
+              const float p = gr[i] * ar[i];
+              const float q = 0.5f * (p + std::fabs(p));  // max(p, 0), exact and branch-free
+              gs[i] += q * q;
             }
-          } else {
+          }
+        } else {
+          for (int64_t c = 0; c < K; ++c) {
+            const float* gr = gn + c * out_hw + begin;
+            const float* ar = an + c * out_hw + begin;
             for (int64_t i = 0; i < len; ++i) {
-              gsq[i] += gr[i] * gr[i];
-              asq[i] += ar[i] * ar[i];
+              gs[i] += gr[i] * gr[i];
+              as[i] += ar[i] * ar[i];
             }
           }
         }
@@ -89,7 +96,7 @@ void normgrad_cpu(const float* g, const int64_t g_shape[4], const float* a,
   // conv: phase 1 the channel sums of squares of g and a; phase 2 the patch box-sums.
   std::vector<float> gsq(static_cast<size_t>(N * out_hw)), asq(static_cast<size_t>(N * in_hw));
   const int64_t nbg = blocks(out_hw), nba = blocks(in_hw);
-  parallel_for(N * (nbg + nba), threads, [&](int64_t t0, int64_t t1) {
+  parallel.run(N * (nbg + nba), [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / (nbg + nba), b = t % (nbg + nba);
       if (b < nbg) {
@@ -102,7 +109,7 @@ void normgrad_cpu(const float* g, const int64_t g_shape[4], const float* a,
       }
     }
   });
-  parallel_for(N * Ho, threads, [&](int64_t t0, int64_t t1) {
+  parallel.run(N * Ho, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / Ho, oy = t % Ho;
       const float* an = asq.data() + n * in_hw;

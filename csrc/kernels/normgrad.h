@@ -15,6 +15,7 @@
 #include <string>
 
 #include "geometry.h"
+#include "parallel.h"
 
 namespace onnx_saliency {
 
@@ -24,10 +25,10 @@ enum class NormGradMode { Identity = 0, Conv = 1, Selective = 2 };
 std::string normgrad_check(const int64_t g_shape[4], const int64_t a_shape[4],
                            const ConvGeometry& geo, NormGradMode mode);
 
-// Computes the map on the CPU; call normgrad_check first. `threads` <= 0 uses all cores.
+// Computes the map on the CPU; call normgrad_check first. Loops run on `parallel`.
 void normgrad_cpu(const float* g, const int64_t g_shape[4], const float* a,
                   const int64_t a_shape[4], const ConvGeometry& geo, NormGradMode mode,
-                  float* out, int threads = 0);
+                  float* out, const Parallel& parallel = ThreadParallel());
 
 // The CUDA twin (normgrad.cu): device pointers, enqueued on `stream` (a cudaStream_t).
 // Returns an empty string, or the CUDA error. Only defined when built with CUDA.

@@ -34,80 +34,119 @@ std::string rectified_conv_transpose_check(const int64_t g_shape[4], const int64
 void rectified_conv_transpose_cpu(const float* g, const float* z, const int64_t g_shape[4],
                                   const float* a, const int64_t a_shape[4],
                                   const ConvGeometry& geo, int64_t group, float epsilon,
-                                  float* out, int threads) {
+                                  float* out, const Parallel& parallel) {
   const int64_t N = g_shape[0], K = g_shape[1], Ho = g_shape[2], Wo = g_shape[3];
   const int64_t C = a_shape[1], H = a_shape[2], W = a_shape[3];
   const int64_t G = group, Kg = K / G, Cg = C / G;
   const int64_t out_hw = Ho * Wo, in_hw = H * W;
   const int64_t kh = geo.kernel[0], kw = geo.kernel[1], sh = geo.strides[0], sw = geo.strides[1];
   const int64_t ph = geo.pads[0], pw = geo.pads[1], dh = geo.dilations[0], dw = geo.dilations[1];
-  std::vector<float> abs_sum(static_cast<size_t>(N * G * in_hw));
-  std::vector<float> ratio(static_cast<size_t>(N * G * out_hw));
+  // The window sums with the all-ones kernel are separable: a pass along x, then one along y
+  // (kh + kw reads per location instead of kh * kw).
+  std::vector<float> row_box(static_cast<size_t>(N * G * H * Wo));   // sum_kx |a| per (y, ox)
+  std::vector<float> ratio(static_cast<size_t>(N * G * out_hw));     // S / (D + eps) per (oy, ox)
+  std::vector<float> row_spread(static_cast<size_t>(N * G * Ho * W)); // sum_kx ratio per (oy, x)
+  constexpr int64_t kBlock = 2048;
+  const int64_t out_blocks = (out_hw + kBlock - 1) / kBlock;
+  // src_x[kx * W + x]: the output column whose window covers input column x at kernel column kx,
+  // or -1; in_x[ox * kw + kx]: the input column kernel column kx of output column ox reads, or -1.
+  std::vector<int64_t> src_x(static_cast<size_t>(kw * W)), in_x(static_cast<size_t>(Wo * kw));
+  for (int64_t kx = 0; kx < kw; ++kx) {
+    for (int64_t x = 0; x < W; ++x) {
+      const int64_t num = x + pw - kx * dw;
+      src_x[kx * W + x] = (num >= 0 && num % sw == 0 && num / sw < Wo) ? num / sw : -1;
+    }
+    for (int64_t ox = 0; ox < Wo; ++ox) {
+      const int64_t x = ox * sw - pw + kx * dw;
+      in_x[ox * kw + kx] = (x >= 0 && x < W) ? x : -1;
+    }
+  }
 
-  // 1. abs_sum[n, j, q] = sum_{c in j} |a[n, c, q]|, one task per input row.
-  parallel_for(N * G * H, threads, [&](int64_t t0, int64_t t1) {
+  // 1. per input row: sum_{c in j} |a| over the row, then its box-sum along x.
+  parallel.run(N * G * H, [&](int64_t t0, int64_t t1) {
+    std::vector<float> abs_row(static_cast<size_t>(W));
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t ng = t / H, y = t % H, n = ng / G, j = ng % G;
-      float* dst = abs_sum.data() + ng * in_hw + y * W;
-      std::fill(dst, dst + W, 0.0f);
+      std::fill(abs_row.begin(), abs_row.end(), 0.0f);
       for (int64_t c = j * Cg; c < (j + 1) * Cg; ++c) {
         const float* src = a + (n * C + c) * in_hw + y * W;
-        for (int64_t x = 0; x < W; ++x) dst[x] += std::fabs(src[x]);
+        for (int64_t x = 0; x < W; ++x) abs_row[x] += std::fabs(src[x]);
+      }
+      float* dst = row_box.data() + (ng * H + y) * Wo;
+      for (int64_t ox = 0; ox < Wo; ++ox) {
+        float acc = 0.0f;
+        for (int64_t kx = 0; kx < kw; ++kx) {
+          const int64_t x = in_x[ox * kw + kx];
+          if (x >= 0) acc += abs_row[x];
+        }
+        dst[ox] = acc;
       }
     }
   });
-  // 2. ratio[n, j, v] = S_j(v) / (D_j(v) + eps), one task per output row.
-  parallel_for(N * G * Ho, threads, [&](int64_t t0, int64_t t1) {
+  // 2. ratio = S / (D + eps), S streamed over the group's output channels by blocks of positions,
+  //    D the box-sum of row_box along y.
+  parallel.run(N * G * out_blocks, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t ng = t / Ho, oy = t % Ho, n = ng / G, j = ng % G;
-      float* dst = ratio.data() + ng * out_hw + oy * Wo;
-      std::fill(dst, dst + Wo, 0.0f);
+      const int64_t ng = t / out_blocks, n = ng / G, j = ng % G;
+      const int64_t begin = (t % out_blocks) * kBlock, len = std::min(out_hw, begin + kBlock) - begin;
+      float* dst = ratio.data() + ng * out_hw + begin;
+      std::fill(dst, dst + len, 0.0f);
       for (int64_t k = j * Kg; k < (j + 1) * Kg; ++k) {
-        const float* gr = g + (n * K + k) * out_hw + oy * Wo;
-        const float* zr = z + (n * K + k) * out_hw + oy * Wo;
-        for (int64_t x = 0; x < Wo; ++x) dst[x] += gr[x] * zr[x];
+        const float* gr = g + (n * K + k) * out_hw + begin;
+        const float* zr = z + (n * K + k) * out_hw + begin;
+        for (int64_t i = 0; i < len; ++i) dst[i] += gr[i] * zr[i];
       }
-      const float* as = abs_sum.data() + ng * in_hw;
-      for (int64_t ox = 0; ox < Wo; ++ox) {
+      const float* rb = row_box.data() + ng * H * Wo;
+      for (int64_t i = 0; i < len; ++i) {
+        const int64_t oy = (begin + i) / Wo, ox = (begin + i) % Wo;
         float d = 0.0f;
         for (int64_t ky = 0; ky < kh; ++ky) {
           const int64_t y = oy * sh - ph + ky * dh;
-          if (y < 0 || y >= H) continue;
-          for (int64_t kx = 0; kx < kw; ++kx) {
-            const int64_t x = ox * sw - pw + kx * dw;
-            if (x >= 0 && x < W) d += as[y * W + x];
-          }
+          if (y >= 0 && y < H) d += rb[y * Wo + ox];
         }
-        dst[ox] /= d + epsilon;
+        dst[i] /= d + epsilon;
       }
     }
   });
-  // 3. out[n, c, q] = sign(a) * sum over the windows covering q of ratio, one task per input row.
-  parallel_for(N * G * H, threads, [&](int64_t t0, int64_t t1) {
-    std::vector<float> spread(static_cast<size_t>(W));
+  // 3. per output row: spread the ratio along x onto the input columns.
+  parallel.run(N * G * Ho, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t ng = t / H, y = t % H, n = ng / G, j = ng % G;
-      const float* r = ratio.data() + ng * out_hw;
-      std::fill(spread.begin(), spread.end(), 0.0f);
-      for (int64_t ky = 0; ky < kh; ++ky) {
-        const int64_t num_y = y + ph - ky * dh;
-        if (num_y < 0 || num_y % sh != 0 || num_y / sh >= Ho) continue;
-        const float* rr = r + (num_y / sh) * Wo;
+      const float* r = ratio.data() + t * Wo;
+      float* dst = row_spread.data() + t * W;
+      std::fill(dst, dst + W, 0.0f);
+      for (int64_t kx = 0; kx < kw; ++kx) {
+        const int64_t* src = src_x.data() + kx * W;
         for (int64_t x = 0; x < W; ++x) {
-          float acc = 0.0f;
-          for (int64_t kx = 0; kx < kw; ++kx) {
-            const int64_t num_x = x + pw - kx * dw;
-            if (num_x >= 0 && num_x % sw == 0 && num_x / sw < Wo) acc += rr[num_x / sw];
-          }
-          spread[x] += acc;
+          if (src[x] >= 0) dst[x] += r[src[x]];
         }
       }
+    }
+  });
+  // 4. out[n, c, q] = sign(a) * (row_spread summed along y), by blocks of input rows.
+  const int64_t rows = std::max<int64_t>(1, std::min<int64_t>(H, kBlock / std::max<int64_t>(W, 1)));
+  const int64_t row_blocks = (H + rows - 1) / rows;
+  parallel.run(N * G * row_blocks, [&](int64_t t0, int64_t t1) {
+    std::vector<float> spread(static_cast<size_t>(rows * W));
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t ng = t / row_blocks, n = ng / G, j = ng % G;
+      const int64_t y0 = (t % row_blocks) * rows, y1 = std::min(H, y0 + rows);
+      const float* rs = row_spread.data() + ng * Ho * W;
+      std::fill(spread.begin(), spread.end(), 0.0f);
+      for (int64_t y = y0; y < y1; ++y) {
+        float* sp = spread.data() + (y - y0) * W;
+        for (int64_t ky = 0; ky < kh; ++ky) {
+          const int64_t num_y = y + ph - ky * dh;
+          if (num_y < 0 || num_y % sh != 0 || num_y / sh >= Ho) continue;
+          const float* row = rs + (num_y / sh) * W;
+          for (int64_t x = 0; x < W; ++x) sp[x] += row[x];
+        }
+      }
+      const int64_t len = (y1 - y0) * W;
       for (int64_t c = j * Cg; c < (j + 1) * Cg; ++c) {
-        const float* src = a + (n * C + c) * in_hw + y * W;
-        float* dst = out + (n * C + c) * in_hw + y * W;
-        for (int64_t x = 0; x < W; ++x) {
-          const float s = static_cast<float>((src[x] > 0.0f) - (src[x] < 0.0f));
-          dst[x] = s * spread[x];
+        const float* in = a + (n * C + c) * in_hw + y0 * W;
+        float* dst = out + (n * C + c) * in_hw + y0 * W;
+        for (int64_t i = 0; i < len; ++i) {
+          dst[i] = static_cast<float>((in[i] > 0.0f) - (in[i] < 0.0f)) * spread[i];
         }
       }
     }

@@ -18,6 +18,7 @@
 #include <string>
 
 #include "geometry.h"
+#include "parallel.h"
 
 namespace onnx_saliency {
 
@@ -26,11 +27,11 @@ std::string rectified_conv_transpose_check(const int64_t g_shape[4], const int64
                                            const int64_t a_shape[4], const ConvGeometry& geo,
                                            int64_t group);
 
-// Computes out on the CPU; call the check first. `threads` <= 0 uses all cores.
+// Computes out on the CPU; call the check first. Loops run on `parallel`.
 void rectified_conv_transpose_cpu(const float* g, const float* z, const int64_t g_shape[4],
                                   const float* a, const int64_t a_shape[4],
                                   const ConvGeometry& geo, int64_t group, float epsilon,
-                                  float* out, int threads = 0);
+                                  float* out, const Parallel& parallel = ThreadParallel());
 
 // The CUDA twin (rectified_conv_transpose.cu): device pointers, enqueued on `stream`.
 // Returns an empty string, or the CUDA error. Only defined when built with CUDA.

@@ -36,7 +36,7 @@ struct NormGradKernel {
         err = normgrad_cuda(g, gs.data(), a, as.data(), geo, mode, o, ctx.GetGPUComputeStream());
         return err.empty() ? nullptr : failure(err);
       } else {
-        normgrad_cpu(g, gs.data(), a, as.data(), geo, mode, o, 0);
+        normgrad_cpu(g, gs.data(), a, as.data(), geo, mode, o, OrtParallel(ctx));
         return nullptr;
       }
     });

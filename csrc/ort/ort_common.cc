@@ -1,5 +1,6 @@
 #include "ort_common.h"
 
+#include <algorithm>
 #include <atomic>
 #include <deque>
 #include <mutex>
@@ -118,6 +119,22 @@ Ort::ShapeInferContext::Shape unknown_dims_as_symbols(const Ort::ShapeInferConte
     }
   }
   return out;
+}
+
+void OrtParallel::run(int64_t total, const RangeBody& body) const {
+  if (total <= 0) return;
+  struct Payload {
+    const RangeBody* body;
+    int64_t total, chunks;
+  };
+  Payload payload{&body, total, std::min<int64_t>(total, 64)};
+  auto chunk = [](void* data, size_t i) {
+    const auto* p = static_cast<const Payload*>(data);
+    const int64_t begin = p->total * static_cast<int64_t>(i) / p->chunks;
+    const int64_t end = p->total * (static_cast<int64_t>(i) + 1) / p->chunks;
+    if (begin < end) (*p->body)(begin, end);
+  };
+  ctx_.ParallelFor(chunk, static_cast<size_t>(payload.chunks), 0, &payload);
 }
 
 bool float4d(const Ort::ConstValue& value, const char* op, const char* what,

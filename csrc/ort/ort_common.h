@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "geometry.h"
+#include "parallel.h"
 
 namespace onnx_saliency::ort {
 
@@ -59,6 +60,17 @@ OrtStatusPtr guarded(const char* op, Body body) noexcept {
     return failure(std::string(op) + ": unknown error.");
   }
 }
+
+// The kernels' parallel loops on ONNX Runtime's intra-op thread pool (KernelContext_ParallelFor,
+// C API >= 17), so they share the cores with ORT instead of competing with its spinning workers.
+class OrtParallel final : public Parallel {
+ public:
+  explicit OrtParallel(const Ort::KernelContext& ctx) : ctx_(ctx) {}
+  void run(int64_t total, const RangeBody& body) const override;
+
+ private:
+  const Ort::KernelContext& ctx_;
+};
 
 // Op registration entry points, one per op file.
 void add_normgrad_ops(Ort::CustomOpDomain& domain);

@@ -40,7 +40,8 @@ struct RectifiedConvTransposeKernel {
                                             ctx.GetGPUComputeStream());
         return err.empty() ? nullptr : failure(err);
       } else {
-        rectified_conv_transpose_cpu(g, z, gs.data(), a, as.data(), geo, group, epsilon, o, 0);
+        rectified_conv_transpose_cpu(g, z, gs.data(), a, as.data(), geo, group, epsilon, o,
+                                     OrtParallel(ctx));
         return nullptr;
       }
     });

@@ -77,7 +77,8 @@ FloatArray normgrad(const py::array& g_in, const py::array& a_in, const std::str
   float* op = out.mutable_data();
   {
     py::gil_scoped_release release;
-    onnx_saliency::normgrad_cpu(gp, gs.data(), ap, as.data(), geo, m, op, threads);
+    onnx_saliency::normgrad_cpu(gp, gs.data(), ap, as.data(), geo, m, op,
+                                onnx_saliency::ThreadParallel(threads));
   }
   return out;
 }
@@ -102,7 +103,7 @@ FloatArray rectified_conv_transpose(const py::array& g_in, const py::array& z_in
   {
     py::gil_scoped_release release;
     onnx_saliency::rectified_conv_transpose_cpu(gp, zp, gs.data(), ap, as.data(), geo, group,
-                                                epsilon, op, threads);
+                                                epsilon, op, onnx_saliency::ThreadParallel(threads));
   }
   return out;
 }

@@ -20,6 +20,7 @@ from .backward.rules import RULE_TABLES
 from .backward.walk import backward
 from .canonical import BATCH, CanonicalModel, ModelSource, canonicalize
 from . import fused as fused_ops
+from . import meta
 from .combine import combination
 from .errors import LayerNotFoundError, MethodError, SaliencyError
 from .graph import GraphBuilder, GraphIndex
@@ -54,7 +55,7 @@ def seed_from_target(b: GraphBuilder, index: GraphIndex, logits: str) -> str:
 class _Assembly:
     """Builds one explainer ModelProto from a canonical model."""
 
-    def __init__(self, canon: CanonicalModel, fused: bool = False):
+    def __init__(self, canon: CanonicalModel, fused: bool = False, meta_lr: float | None = None):
         self.canon = canon
         self.model = onnx.ModelProto()
         self.model.CopyFrom(canon.model)
@@ -63,13 +64,62 @@ class _Assembly:
         if TARGET in self.index.producer or TARGET in self.index.graph_inputs:
             raise MethodError(f"The model already has a tensor named '{TARGET}'.")
         self.seed = seed_from_target(self.b, self.index, canon.output_name)
+        self.logits = canon.output_name
+        self.tensor = {}   # tapped tensor -> the tensor the methods read (the stepped copy's)
+        if meta_lr is not None:
+            self._meta_step(meta_lr, fused)
+
+    def _meta_step(self, lr: float, fused: bool) -> None:
+        """One SGD step towards the target inside the graph; the methods then walk a copy of the
+        forward pass that reads the stepped parameters (meta.py)."""
+        forward_nodes = list(self.model.graph.node)
+        updated = meta.sgd_step(self.b, self.index, self.logits, self.seed, lr)
+        self.model.graph.node.extend(self.b.nodes)
+        self.model.graph.initializer.extend(self.b.initializers)
+        self.tensor = meta.stepped_copy(self.model, forward_nodes, updated)
+        self.logits = self.tensor[self.logits]
+        self.index = GraphIndex(self.model)
+        self.b = GraphBuilder(self.index, fused=fused)
+
+    def read(self, tensor: str) -> str:
+        return self.tensor.get(tensor, tensor)
 
     def grads(self, rule: str, wrt: Iterable[str], options: dict | None = None
               ) -> dict[str, str | None]:
         if rule not in RULE_TABLES:
             raise MethodError(f"Unknown backward rule '{rule}'; available: {', '.join(RULE_TABLES)}.")
-        return backward(self.b, self.index, RULE_TABLES[rule],
-                        {self.canon.output_name: self.seed}, wrt, dict(options or {}))
+        options = dict(options or {})
+        seeds = {self.logits: self.seed}
+        if rule == "cebp":
+            return self._contrastive(wrt, options)
+        return backward(self.b, self.index, RULE_TABLES[rule], seeds, wrt, options)
+
+    def _contrastive(self, wrt: Iterable[str], options: dict) -> dict[str, str | None]:
+        """c-EBP: (p⁺ − p⁻) at the contrast layer, p⁻ from the negated classifier, then the EBP
+        walk from there to `wrt`."""
+        table = RULE_TABLES["ebp"]
+        contrast = self.read(self._contrast_tensor(options.get("contrast")))
+        seeds = {self.logits: self.seed}
+        pos = backward(self.b, self.index, table, seeds, [contrast], {})[contrast]
+        neg = backward(self.b, self.index, table, seeds, [contrast], {"negate_last_fc": True})[contrast]
+        if pos is None or neg is None:
+            raise MethodError(f"No signal reaches the contrast layer '{contrast}'.")
+        diff = self.b.op("Sub", pos, neg)
+        wrt = list(wrt)
+        result = backward(self.b, self.index, table, {contrast: diff},
+                          [t for t in wrt if t != contrast], {})
+        result.update({t: diff for t in wrt if t == contrast})
+        return result
+
+    def _contrast_tensor(self, label: str | None) -> str:
+        if label is not None:
+            return LayerNames(self.index, self.canon.input_name).resolve(label)
+        fcs = [n for n in self.index.nodes if n.op_type in ("Gemm", "MatMul")
+               and self.index.const(n.input[1]) is not None]
+        if not fcs:
+            raise MethodError("cebp needs a fully-connected classifier to contrast; give "
+                              "ContrastiveEBP(contrast=<layer>) explicitly.")
+        return fcs[-1].input[0]
 
     def finish(self, outputs: Sequence[tuple[str, str, int]], keep_logits: bool,
                metadata: dict | None = None) -> onnx.ModelProto:
@@ -133,15 +183,20 @@ class Explainer:
     (default: when the custom-op library is present) or their portable decompositions.
     `combine` ("sum" | "product"): one map per layer method, the per-layer maps min-max
     normalised and combined with `weights` ("uniform", "linear" w_l = l/L, or a list), named
-    `<method>@combined`.
+    `<method>@combined`. `meta=True`: meta-saliency, the maps of the model after one SGD step
+    (learning rate `meta_lr`) towards each image's target, computed in the same graph (meta.py).
     """
 
     def __init__(self, model: ModelSource, methods: Sequence[str | Method] | str = ("gradient",),
                  layers: Sequence[str] | str | None = None,
                  providers: Sequence[str] | None = None, *, threads: int | None = None,
                  fused: bool | None = None, combine: str | None = None,
-                 weights: str | Sequence[float] = "uniform"):
+                 weights: str | Sequence[float] = "uniform", meta: bool = False,
+                 meta_lr: float = 2.5e-3):
         self.canonical = canonicalize(model)
+        if not np.isfinite(meta_lr) or meta_lr < 0:
+            raise MethodError(f"meta_lr must be a non-negative number, not {meta_lr!r}.")
+        self.meta, self.meta_lr = bool(meta), float(meta_lr)
         self.providers = providers
         self.threads = threads
         if fused and not fused_ops.available():
@@ -190,7 +245,7 @@ class Explainer:
         return requests
 
     def _build(self, fused: bool) -> onnx.ModelProto:
-        asm = _Assembly(self.canonical, fused)
+        asm = _Assembly(self.canonical, fused, self.meta_lr if self.meta else None)
         by_walk: dict[tuple, list[MapRequest]] = {}
         for req in self.requests:
             options = req.method.rule_options()
@@ -198,14 +253,15 @@ class Explainer:
         maps: dict[str, str] = {}
         inp = self.canonical.input_name
         for (rule, options), reqs in by_walk.items():
-            grads = asm.grads(rule, [r.tensor for r in reqs], dict(options))
+            grads = asm.grads(rule, [asm.read(r.tensor) for r in reqs], dict(options))
             for req in reqs:
-                g = grads[req.tensor]
+                tensor = asm.read(req.tensor)
+                g = grads[tensor]
                 if g is None:
                     raise LayerNotFoundError(
                         f"No gradient reaches '{req.key.split('@')[-1]}': the model's output does "
                         "not depend on it.")
-                saliency = req.method.head(asm.b, req.tensor, g)
+                saliency = req.method.head(asm.b, tensor, g)
                 if req.tensor != inp:
                     saliency = asm.b.squeeze(
                         asm.b.resize_to(asm.b.unsqueeze(saliency, [1]), inp), [1])
@@ -215,7 +271,7 @@ class Explainer:
         outputs = [(key, tensor, 3) for key, tensor in maps.items()]
         meta = {"onnx_saliency.maps": list(maps), "onnx_saliency.input": inp,
                 "onnx_saliency.logits": self.canonical.output_name,
-                "onnx_saliency.fused": fused}
+                "onnx_saliency.fused": fused, "onnx_saliency.meta_lr": self.meta_lr if self.meta else None}
         return asm.finish(outputs, keep_logits=True, metadata=meta)
 
     # -- running ----------------------------------------------------------------------------
@@ -245,7 +301,7 @@ class Explainer:
         images = check_images(images, self.input_shape)
         n = images.shape[0]
         targets = check_targets(target, n, self.num_classes)
-        step = self.canonical.fixed_batch or n
+        step = 1 if self.meta else (self.canonical.fixed_batch or n)  # meta: one step per image
         chunks = []
         for start in range(0, n, step):
             x, t = images[start:start + step], targets[start:start + step]

@@ -164,8 +164,13 @@ class GraphBuilder:
         key = (arr.dtype.str, arr.shape, arr.tobytes())
         if key not in self._consts:
             name = self.fresh("const")
-            self.initializers.append(numpy_helper.from_array(arr, name))
+            tensor = numpy_helper.from_array(arr, name)
+            self.initializers.append(tensor)
             self._consts[key] = name
+            # known to the index too, so rules can read emitted constants like the model's own
+            self.index.initializers[name] = tensor
+            self.index.shapes[name] = tuple(arr.shape)
+            self.index.types[name] = tensor.data_type
         return self._consts[key]
 
     def ints(self, values: Iterable[int]) -> str:

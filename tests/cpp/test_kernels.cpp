@@ -42,7 +42,7 @@ int main() {
           for (auto& v : z) v = normal(rng);
           for (auto& v : a) v = normal(rng);
           rectified_conv_transpose_cpu(g.data(), z.data(), gs, a.data(), as, geo, group, 1e-10f,
-                                       out.data(), 2);
+                                       out.data(), ThreadParallel(2));
           double lhs = 0, rhs = 0, mass = 0;
           for (size_t i = 0; i < a.size(); ++i) lhs += double(a[i]) * out[i];
           for (size_t i = 0; i < g.size(); ++i) {
@@ -54,7 +54,7 @@ int main() {
           // NormGrad conv mode against a direct loop at one location
           std::vector<float> ng(N * Ho * Wo);
           EXPECT(normgrad_check(gs, as, geo, NormGradMode::Conv).empty());
-          normgrad_cpu(g.data(), gs, a.data(), as, geo, NormGradMode::Conv, ng.data(), 2);
+          normgrad_cpu(g.data(), gs, a.data(), as, geo, NormGradMode::Conv, ng.data(), ThreadParallel(2));
           double gsq = 0, asq = 0;
           for (int64_t c = 0; c < K; ++c) gsq += double(g[c * Ho * Wo]) * g[c * Ho * Wo];
           for (int64_t c = 0; c < C; ++c)
@@ -87,7 +87,7 @@ int main() {
   // empty tensors are fine
   int64_t empty[4] = {0, 2, 5, 5};
   rectified_conv_transpose_cpu(nullptr, nullptr, empty, nullptr, empty, ConvGeometry{}, 1, 1e-10f,
-                               nullptr, 2);
+                               nullptr, ThreadParallel(2));
   std::printf("%d geometry cases, %d failures\n", cases, failures);
   return failures == 0 && cases > 20 ? 0 : 1;
 }

@@ -10,6 +10,7 @@ from typing import Callable
 
 from ..errors import MethodError
 from .base import Method
+from .ebp import EBP, ContrastiveEBP
 from .gradcam import GradCAM
 from .gradient import (Deconvnet, Gradient, GradientSum, GuidedBackprop, InputXGradient,
                        LinearApprox)
@@ -20,7 +21,7 @@ REGISTRY: dict[str, Callable[[], Method]] = {
     "gradient": Gradient, "gradient_sum": GradientSum, "input_x_gradient": InputXGradient,
     "linear_approx": LinearApprox, "guided_backprop": GuidedBackprop, "deconvnet": Deconvnet,
     "gradcam": GradCAM, "normgrad": NormGrad, "normgrad_conv": NormGradConv,
-    "normgrad_selective": NormGradSelective, "tsgb": TSGB,
+    "normgrad_selective": NormGradSelective, "tsgb": TSGB, "ebp": EBP, "cebp": ContrastiveEBP,
 }
 
 
@@ -35,4 +36,5 @@ def resolve(method: str | Method) -> Method:
 
 __all__ = ["Method", "resolve", "REGISTRY", "Gradient", "GradientSum", "InputXGradient",
            "LinearApprox", "GuidedBackprop", "Deconvnet", "GradCAM", "Extraction", "EXTRACTIONS",
-           "NormGrad", "NormGradConv", "NormGradSelective", "TSGB"]
+           "NormGrad", "NormGradConv", "NormGradSelective", "TSGB", "EBP",
+           "ContrastiveEBP"]

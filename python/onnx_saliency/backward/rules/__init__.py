@@ -1,12 +1,13 @@
 """The rule tables: op type -> backward rule, one table per backward method.
 
 Methods of the gradient family differ only at ReLU; TSGB replaces Conv, BatchNormalization and
-the fully-connected rules; everything else is the true gradient.
+the fully-connected rules; EBP the linear ops, residual Add and the activations; everything else
+is the true gradient.
 """
 
 from __future__ import annotations
 
-from . import activations, conv, elementwise, linear, normalization, pooling, shape_ops, tsgb
+from . import activations, conv, ebp, elementwise, linear, normalization, pooling, shape_ops, tsgb
 
 GRADIENT = {**conv.RULES, **linear.RULES, **elementwise.RULES, **activations.RULES,
             **pooling.RULES, **normalization.RULES, **shape_ops.RULES}
@@ -16,4 +17,7 @@ RULE_TABLES = {
     "guided_backprop": {**GRADIENT, "Relu": activations.relu_guided},
     "deconvnet": {**GRADIENT, "Relu": activations.relu_deconvnet},
     "tsgb": {**GRADIENT, **tsgb.RULES},
+    "ebp": {**GRADIENT, **ebp.RULES},
 }
+# contrastive EBP walks the EBP table twice to the contrast layer, then once more (explainer.py)
+RULE_TABLES["cebp"] = RULE_TABLES["ebp"]

@@ -2,6 +2,10 @@
 
 With stride 1 and constant weights the same dx is a plain convolution with the spatially flipped,
 per-group transposed kernel and pads d(k−1) − p, which runs on ONNX Runtime's fast Conv path.
+
+Weight gradient (meta-saliency), per group j: dW_j[k, c, i, l] = Σ_n Σ_v g[n, k, v] a[n, c, v·s + (i, l)·d − p]:
+one Conv whose batch is the group's input channel c, whose channels are (j, n), whose kernel is
+g itself (strides and dilations swapped), cropped to the kernel size. dB = Σ_{n,v} g.
 """
 
 from __future__ import annotations
@@ -23,17 +27,18 @@ def conv(ctx: RuleContext, node, grads):
     g = grads[0]
     x, w = node.input[0], node.input[1]
     result = [None] * len(node.input)
-    if ctx.wants(node, 1) or ctx.wants(node, 2):
-        raise ctx.unsupported(node, "has weights computed from the image; only constant "
-                              "weights are supported")
-    if not ctx.wants(node, 0):
-        return result
     wshape = ctx.index.shapes.get(w)
-    if wshape is None or not all(isinstance(d, int) for d in wshape[2:]):
+    if wshape is None or not all(isinstance(d, int) for d in wshape):
         raise ctx.unsupported(node, "has a weight of unknown shape")
     kernel = list(wshape[2:])
     geo = conv_geometry(ctx, node, x, kernel)
     group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    if ctx.wants(node, 1):
+        result[1] = weight_gradient(ctx, g, x, list(wshape), geo, group)
+    if ctx.wants(node, 2):
+        result[2] = ctx.b.reduce("ReduceSum", g, [0] + list(range(2, 2 + len(kernel))), False)
+    if not ctx.wants(node, 0):
+        return result
     weights = ctx.index.const(w)
     pads_t = [d * (k - 1) - p for d, k, p in
               zip(geo["dilations"] * 2, kernel * 2, geo["pads"])]
@@ -45,6 +50,24 @@ def conv(ctx: RuleContext, node, grads):
     result[0] = conv_transpose_to(ctx, g, node.output[0], w, x, kernel, geo["strides"],
                                   geo["pads"], geo["dilations"], group)
     return result
+
+
+def weight_gradient(ctx: RuleContext, g: str, x: str, wshape: list, geo: dict, group: int) -> str:
+    """dW [K, C/G, k…] of a conv with input x and output signal g (module docstring)."""
+    b = ctx.b
+    k_out, cg = wshape[:2]
+    kernel = wshape[2:]
+    n = len(kernel)
+    spatial = list(range(3, 3 + n))
+    # a [N, C, S…] -> [N, G, C/G, S…] -> [C/G, G, N, S…] -> [C/G, G·N, S…]
+    grouped = b.op("Reshape", x, b.op("Concat", b.ints([0, group, cg]), b.shape(x, 2, 2 + n), axis=0))
+    swapped = b.op("Transpose", grouped, perm=[2, 1, 0] + spatial)
+    batch_of_c = b.op("Reshape", swapped, b.op("Concat", b.ints([cg, -1]), b.shape(x, 2, 2 + n), axis=0))
+    kernel_g = b.op("Transpose", g, perm=[1, 0] + list(range(2, 2 + n)))     # [K, N, So…]
+    dw = b.op("Conv", batch_of_c, kernel_g, group=group, strides=geo["dilations"],
+              dilations=geo["strides"], pads=geo["pads"])                      # [C/G, K, k'…]
+    dw = b.op("Slice", dw, b.ints([0] * n), b.ints(kernel), b.ints(range(2, 2 + n)))
+    return b.op("Transpose", dw, perm=[1, 0] + list(range(2, 2 + n)))
 
 
 RULES = {"Conv": conv}

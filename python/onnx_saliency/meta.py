@@ -1,0 +1,81 @@
+"""Meta-saliency (METHODS.md §4), inside the explainer graph.
+
+One plain SGD step on every parameter towards the explained class c, then the base method on the
+stepped model, in ONE graph:
+
+    g_z = softmax(z) − onehot(c)                    ∂CE(z, c)/∂z at the logits z
+    dθ  = the backward walk of g_z to every parameter (Conv dW/dB, Gemm/MatMul dW/dC, BN dγ/dβ)
+    θ'  = θ − η dθ                                  runtime tensors; the model's weights untouched
+    then a renamed copy of the forward graph reads θ' instead of θ, and the base method's walk
+    runs over that copy, seeded on the copy's logits with the same class c.
+
+BN statistics stay frozen (eval mode). A batch takes one step on its summed loss; the Python API
+therefore runs meta explainers one image at a time (one step per image, as the method defines).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .backward.rules import RULE_TABLES
+from .backward.walk import backward
+from .errors import MethodError
+from .graph import GraphBuilder, GraphIndex
+
+PREFIX = "meta/"
+PARAMETER_SLOTS = {"Conv": (1, 2), "Gemm": (1, 2), "MatMul": (1,), "BatchNormalization": (1, 2)}
+
+
+def parameters(index: GraphIndex) -> list[str]:
+    """Float initializers that are weights, biases or BN affine parameters."""
+    found = []
+    for node in index.nodes:
+        for slot in PARAMETER_SLOTS.get(node.op_type, ()):
+            if slot < len(node.input) and node.input[slot] in index.initializers \
+                    and index.is_float(node.input[slot]) and node.input[slot] not in found:
+                found.append(node.input[slot])
+    return found
+
+
+def sgd_step(b: GraphBuilder, index: GraphIndex, logits: str, onehot: str, lr: float
+             ) -> dict[str, str]:
+    """{parameter: its stepped value θ − η ∂CE/∂θ} (parameters the loss reaches)."""
+    if (index.rank(logits) or 0) != 2:
+        raise MethodError("meta=True needs [N, classes] logits (a classifier).")
+    ce_grad = b.op("Sub", b.op("Softmax", logits, axis=1), onehot)
+    params = parameters(index)
+    grads = backward(b, index, RULE_TABLES["gradient"], {logits: ce_grad}, params)
+    return {p: b.op("Sub", p, b.op("Mul", g, b.const(np.float32(lr))))
+            for p, g in grads.items() if g is not None}
+
+
+def stepped_copy(model: onnx.ModelProto, forward_nodes: list[onnx.NodeProto],
+                 updated: dict[str, str]) -> dict[str, str]:
+    """Append a renamed copy of `forward_nodes` reading the updated parameters; returns the map
+    original tensor -> its copy (shapes copied into value_info)."""
+    produced = {o for n in forward_nodes for o in n.output if o}
+    rename = {t: PREFIX + t for t in produced}
+    source = {**rename, **updated}
+    for node in forward_nodes:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        copy.name = PREFIX + node.name
+        for i, name in enumerate(node.input):
+            copy.input[i] = source.get(name, name)
+        for i, name in enumerate(node.output):
+            copy.output[i] = rename.get(name, name)
+        model.graph.node.append(copy)
+    infos = {vi.name: vi for vi in [*model.graph.value_info, *model.graph.output]}
+    for original, copied in rename.items():
+        if original in infos:
+            vi = onnx.ValueInfoProto()
+            vi.CopyFrom(infos[original])
+            vi.name = copied
+            model.graph.value_info.append(vi)
+    inits = {t.name: t for t in model.graph.initializer}
+    for param, new in updated.items():
+        model.graph.value_info.append(helper.make_tensor_value_info(
+            new, inits[param].data_type, list(inits[param].dims)))
+    return rename

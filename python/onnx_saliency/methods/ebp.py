@@ -1,0 +1,63 @@
+"""Excitation backprop (METHODS.md §1): the EBP rule table, map Σ_c p at the layer.
+
+ebp:  p from a one-hot on the target (the walk of rules/ebp.py), map Σ_c p.
+cebp: contrastive: p⁺ from the classifier, p⁻ from the classifier with negated weights, both to
+      the contrast layer (the last fully-connected layer's input: VGG16 relu7, ResNet50's pooled
+      layer4), their difference walked on to the layer with the EBP rules; map ReLU(Σ_c p).
+Default layers (METHODS.md): VGG16 features.23 (pool4), ResNet50 layer3; other networks: the
+spatial tensor before the last stage's downsampling when one is found, else the general default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .base import Method
+from .heads import aggregate
+
+KNOWN_DEFAULTS = ("layer3", "features.23")
+
+
+def _default_tap(index, image):
+    """layer3 / features.23 by module path, else the input of the last spatial downsampling."""
+    from ..layers import LayerNames
+    names = LayerNames(index, image)
+    for label in KNOWN_DEFAULTS:
+        try:
+            return names.resolve(label)
+        except Exception:  # noqa: BLE001 - not this architecture
+            continue
+    return None
+
+
+@dataclass(frozen=True)
+class EBP(Method):
+    """Excitation backprop at a layer; map Σ_c p."""
+
+    name = "ebp"
+    rule = "ebp"
+    layer_method = True
+    default_at_input = False
+    at: str | None = None
+
+    def default_tap(self, index, image):
+        return _default_tap(index, image)
+
+    def head(self, b, x, g):
+        return aggregate(b, g, "sum")
+
+
+@dataclass(frozen=True)
+class ContrastiveEBP(EBP):
+    """Contrastive excitation backprop; map ReLU(Σ_c p). `contrast`: the contrast layer
+    (default: the last fully-connected layer's input)."""
+
+    name = "cebp"
+    rule = "cebp"
+    contrast: str | None = None
+
+    def rule_options(self) -> dict:
+        return {"contrast": self.contrast}
+
+    def head(self, b, x, g):
+        return b.op("Relu", aggregate(b, g, "sum"))
