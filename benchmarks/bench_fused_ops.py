@@ -21,6 +21,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from bench_methods import median_time  # same folder
 from onnx_saliency import fused
 from onnx_saliency.backward.context import RuleContext
 from onnx_saliency.graph import GraphBuilder, GraphIndex
@@ -36,16 +37,6 @@ RESNET50_CONVS = [
     (512, 7, 2048, 1, 1, 0), (1024, 14, 2048, 1, 2, 0), (2048, 7, 512, 1, 1, 0),
     (512, 7, 512, 3, 1, 1)]
 RESNET50_STAGES = [(256, 56), (512, 28), (1024, 14), (2048, 7)]
-
-
-def median_time(fn, repeat):
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _model(inputs: dict[str, list[int]], build) -> tuple[onnx.ModelProto, onnx.ModelProto]:

@@ -68,7 +68,7 @@ def main():
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 2
         fwd = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        # label -> (methods, layers, fused, Captum equivalent)
+        # label -> (methods, layers, fused, Captum equivalent); meta rows: (…, "meta")
         methods = {"gradient": (["gradient"], None, None, lambda m, x: Saliency(m).attribute(x, target=0)),
                    f"gradcam@{layer}": (["gradcam"], [layer], None, lambda m, x: LayerGradCam(
                        m, m.get_submodule(layer)).attribute(x, target=0)),
@@ -80,7 +80,10 @@ def main():
                 methods[f"tsgb ({kind})"] = (["tsgb"], None, fused, None)
                 methods[f"normgrad_selective@4 layers ({kind})"] = (["normgrad_selective"], four, fused, None)
                 methods[f"normgrad@4 layers ({kind})"] = (["normgrad"], four, fused, None)
-        explainers = {k: osal.Explainer(path, methods=m, layers=ls, fused=f, threads=2)
+            methods["meta gradient"] = (["gradient"], None, "meta", None)
+            methods["meta normgrad_selective@4 layers"] = (["normgrad_selective"], four, "meta", None)
+        explainers = {k: osal.Explainer(path, methods=m, layers=ls, threads=2,
+                                        **({"meta": True} if f == "meta" else {"fused": f}))
                       for k, (m, ls, f, _) in methods.items()}
         for batch in args.batches:
             x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)

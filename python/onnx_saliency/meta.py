@@ -4,7 +4,8 @@ One plain SGD step on every parameter towards the explained class c, then the ba
 stepped model, in ONE graph:
 
     g_z = softmax(z) − onehot(c)                    ∂CE(z, c)/∂z at the logits z
-    dθ  = the backward walk of g_z to every parameter (Conv dW/dB, Gemm/MatMul dW/dC, BN dγ/dβ)
+    dθ  = the backward walk of g_z to every parameter (Conv dW/dB, Gemm/MatMul dW/dC, BN dγ/dβ),
+          run on g_z / max|g_z| with the scale folded into the step (no denormal floats)
     θ'  = θ − η dθ                                  runtime tensors; the model's weights untouched
     then a renamed copy of the forward graph reads θ' instead of θ, and the base method's walk
     runs over that copy, seeded on the copy's logits with the same class c.
@@ -45,10 +46,18 @@ def sgd_step(b: GraphBuilder, index: GraphIndex, logits: str, onehot: str, lr: f
     if (index.rank(logits) or 0) != 2:
         raise MethodError("meta=True needs [N, classes] logits (a classifier).")
     ce_grad = b.op("Sub", b.op("Softmax", logits, axis=1), onehot)
+    # walk a unit-scaled signal: for a confident model softmax − onehot is ~1e-30 and the whole
+    # walk would run on denormal floats (10-100x slower); the step is linear in the signal, so
+    # the scale goes back into the step size
+    peak = b.reduce("ReduceMax", b.op("Abs", ce_grad), [0, 1], keepdims=False)
+    scale = b.op("Where", b.op("Greater", peak, b.const(np.float32(0))), peak, b.const(np.float32(1)))
     params = parameters(index)
-    grads = backward(b, index, RULE_TABLES["gradient"], {logits: ce_grad}, params)
-    return {p: b.op("Sub", p, b.op("Mul", g, b.const(np.float32(lr))))
-            for p, g in grads.items() if g is not None}
+    grads = backward(b, index, RULE_TABLES["gradient"], {logits: b.op("Div", ce_grad, scale)}, params)
+    step = b.op("Mul", scale, b.const(np.float32(lr)))
+    # a step below 1e-20 moves no float32 weight (far under half an ulp) but would fill the
+    # products with denormals: take it as 0
+    step = b.op("Where", b.op("Less", step, b.const(np.float32(1e-20))), b.const(np.float32(0)), step)
+    return {p: b.op("Sub", p, b.op("Mul", g, step)) for p, g in grads.items() if g is not None}
 
 
 def stepped_copy(model: onnx.ModelProto, forward_nodes: list[onnx.NodeProto],

@@ -41,7 +41,7 @@ def backward(builder: GraphBuilder, index: GraphIndex, rules: Mapping[str, Rule]
     """Emit the backward pass; return the signal at each `wrt` tensor (None if none reaches it)."""
     wrt = list(dict.fromkeys(wrt))
     needs = _downstream(index, wrt) & _upstream(index, seeds)
-    ctx = RuleContext(builder, index, needs, options or {})
+    ctx = RuleContext(builder, index, needs, {**(options or {}), "_wrt": set(wrt)})
     parts: dict[str, list[str]] = defaultdict(list)
     for tensor, grad in seeds.items():
         parts[tensor].append(grad)

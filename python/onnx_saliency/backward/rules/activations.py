@@ -21,12 +21,20 @@ def _positive(ctx: RuleContext, x: str) -> str:
     return ctx.b.op("Greater", x, ctx.b.const(0.0))
 
 
+def _relu_mask(ctx: RuleContext, node) -> str:
+    """1[x > 0] as floats, read off the output (y > 0 ⟺ x > 0). Reading y rather than x leaves
+    the conv output with one consumer, so ONNX Runtime can fuse Conv+ReLU in the forward; and
+    Cast(Greater) then Mul is ONNX Runtime's fastest masking (≈2× Sign·g, ≈4× Where on CPU)."""
+    positive = ctx.b.op("Greater", node.output[0], ctx.b.const(0.0))
+    return ctx.b.op("Cast", positive, to=ctx.index.types.get(node.output[0], 1))
+
+
 def relu_gradient(ctx, node, grads):
-    return [_mask(ctx, _positive(ctx, node.input[0]), grads[0])]
+    return [ctx.b.op("Mul", grads[0], _relu_mask(ctx, node))]
 
 
 def relu_guided(ctx, node, grads):
-    return [_mask(ctx, _positive(ctx, node.input[0]), ctx.b.op("Relu", grads[0]))]
+    return [ctx.b.op("Mul", ctx.b.op("Relu", grads[0]), _relu_mask(ctx, node))]
 
 
 def relu_deconvnet(ctx, node, grads):

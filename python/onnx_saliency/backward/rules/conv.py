@@ -34,7 +34,7 @@ def conv(ctx: RuleContext, node, grads):
     geo = conv_geometry(ctx, node, x, kernel)
     group = next((a.i for a in node.attribute if a.name == "group"), 1)
     if ctx.wants(node, 1):
-        result[1] = weight_gradient(ctx, g, x, list(wshape), geo, group)
+        result[1] = weight_gradient(ctx, g, x, node.output[0], list(wshape), geo, group)
     if ctx.wants(node, 2):
         result[2] = ctx.b.reduce("ReduceSum", g, [0] + list(range(2, 2 + len(kernel))), False)
     if not ctx.wants(node, 0):
@@ -52,11 +52,20 @@ def conv(ctx: RuleContext, node, grads):
     return result
 
 
-def weight_gradient(ctx: RuleContext, g: str, x: str, wshape: list, geo: dict, group: int) -> str:
-    """dW [K, C/G, k…] of a conv with input x and output signal g (module docstring)."""
+def weight_gradient(ctx: RuleContext, g: str, x: str, out: str, wshape: list, geo: dict,
+                    group: int) -> str:
+    """dW [K, C/G, k…] of a conv with input x, output `out` and output signal g.
+
+    2-D with a known output size: one batched MatMul per kernel offset (i, l),
+    dW[:, :, i, l] = g_j · shift_{i,l}(x)_jᵀ per group j, the shifted x a strided Slice of the padded
+    input (GEMM work equal to the forward conv's). Otherwise the transposed-conv formulation of the
+    module docstring."""
     b = ctx.b
     k_out, cg = wshape[:2]
     kernel = wshape[2:]
+    g_hw = ctx.spatial(out)
+    if len(kernel) == 2 and g_hw is not None:
+        return _weight_gradient_by_offsets(ctx, g, x, k_out, cg, kernel, geo, group, g_hw)
     n = len(kernel)
     spatial = list(range(3, 3 + n))
     # a [N, C, S…] -> [N, G, C/G, S…] -> [C/G, G, N, S…] -> [C/G, G·N, S…]
@@ -68,6 +77,44 @@ def weight_gradient(ctx: RuleContext, g: str, x: str, wshape: list, geo: dict, g
               dilations=geo["strides"], pads=geo["pads"])                      # [C/G, K, k'…]
     dw = b.op("Slice", dw, b.ints([0] * n), b.ints(kernel), b.ints(range(2, 2 + n)))
     return b.op("Transpose", dw, perm=[1, 0] + list(range(2, 2 + n)))
+
+
+def col_rank(group: int, kg: int, cg: int) -> int:
+    """Rank of one offset's dW column: [K, C] (Gemm), [G, 1] (depthwise) or [G, Kg, Cg]."""
+    return 2 if group == 1 or (kg == 1 and cg == 1) else 3
+
+
+def _weight_gradient_by_offsets(ctx, g, x, k_out, cg, kernel, geo, group, out_hw):
+    b = ctx.b
+    (kh, kw), (sh, sw), (dh, dw_) = kernel, geo["strides"], geo["dilations"]
+    pads = geo["pads"]
+    if any(pads):
+        x = b.op("Pad", x, b.ints([0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]]))
+    ho, wo = out_hw
+    kg = k_out // group
+    # g [N, K, Ho, Wo] -> [G, Kg, N·Ho·Wo]
+    g_mat = b.op("Reshape", b.op("Transpose", b.op("Reshape", g, b.ints([0, group, kg, -1])),
+                                 perm=[1, 2, 0, 3]), b.ints([group, kg, -1]))
+    columns = []
+    for i in range(kh):
+        for l in range(kw):
+            shifted = b.op("Slice", x, b.ints([i * dh, l * dw_]),
+                           b.ints([i * dh + sh * (ho - 1) + 1, l * dw_ + sw * (wo - 1) + 1]),
+                           b.ints([2, 3]), b.ints([sh, sw]))                   # [N, C, Ho, Wo]
+            # -> [G, Cg, N·Ho·Wo] (a reshape when N = 1)
+            x_mat = b.op("Reshape", b.op("Transpose", b.op("Reshape", shifted, b.ints([0, group, cg, -1])),
+                                         perm=[1, 2, 0, 3]), b.ints([group, cg, -1]))
+            if group == 1:       # [K, M] · [C, M]ᵀ as one Gemm (no transpose copy)
+                col = b.op("Gemm", b.op("Reshape", g_mat, b.ints([kg, -1])),
+                           b.op("Reshape", x_mat, b.ints([cg, -1])), transB=1)
+            elif kg == 1 and cg == 1:   # depthwise: a per-channel dot product
+                col = b.reduce("ReduceSum", b.op("Mul", g_mat, x_mat), [2], keepdims=False)
+            else:
+                col = b.op("MatMul", g_mat, b.op("Transpose", x_mat, perm=[0, 2, 1]))
+            columns.append(b.unsqueeze(col, [col_rank(group, kg, cg)]))       # [..., 1]
+    stacked = columns[0] if len(columns) == 1 else b.op("Concat", *columns,
+                                                        axis=col_rank(group, kg, cg))
+    return b.op("Reshape", stacked, b.ints([k_out, cg, kh, kw]))
 
 
 RULES = {"Conv": conv}

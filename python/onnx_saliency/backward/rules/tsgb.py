@@ -7,6 +7,10 @@ BatchNormalization (ratio rule): ĝ_x = ĝ_y ⊙ y / (x + 1e-10), relevance pass
 Fully-connected (TSGB-FC) on the last FC layer (option fc="all": every FC layer), z = W a + b:
     β_j = γ z⁺_j / |z⁻_j|, ĝ_a = W⁺ᵀ ĝ_z + W⁻ᵀ (β ⊙ ĝ_z), z± = W± a (bias excluded).
 Everything else keeps the plain gradient. Options (ctx.options): gamma (1.0), fc ("last"|"all").
+
+Conv→ReLU shortcut (exact): with ĝ_z = ĝ_y ⊙ 1[z>0], S = Σ ĝ_z ⊙ z = Σ ĝ_y ⊙ y, so where a conv's
+only consumer is a ReLU (and the conv output is not itself tapped) the ReLU passes ĝ_y unmasked
+and the conv rule reads y for z: no mask nodes, and ONNX Runtime keeps Conv+ReLU fused.
 """
 
 from __future__ import annotations
@@ -16,9 +20,25 @@ import numpy as np
 from ... import fused
 from ...graph import attrs_of
 from ..context import RuleContext, conv_geometry
-from . import linear
+from . import activations, linear
 
 EPS = 1e-10
+
+
+def _relu_after(ctx: RuleContext, conv_out: str):
+    """The ReLU node that is the only consumer of a conv output (not tapped), else None."""
+    users = ctx.index.consumers.get(conv_out, [])
+    if len(users) == 1 and users[0].op_type == "Relu" and conv_out not in ctx.options["_wrt"] \
+            and conv_out not in ctx.index.graph_outputs:
+        return users[0]
+    return None
+
+
+def relu(ctx: RuleContext, node, grads):
+    producer = ctx.index.producer.get(node.input[0])
+    if producer is not None and producer.op_type == "Conv" and _relu_after(ctx, node.input[0]):
+        return [grads[0]]                       # the conv rule accounts for the mask
+    return activations.relu_gradient(ctx, node, grads)
 
 
 def conv(ctx: RuleContext, node, grads):
@@ -35,8 +55,10 @@ def conv(ctx: RuleContext, node, grads):
     kernel = list(wshape[2:])
     geo = conv_geometry(ctx, node, node.input[0], kernel)
     group = attrs_of(node).get("group", 1)
+    relu_node = _relu_after(ctx, node.output[0])
+    z = relu_node.output[0] if relu_node is not None else node.output[0]
     result[0] = fused.rectified_conv_transpose(
-        ctx, grads[0], node.output[0], node.input[0], kernel, geo["strides"], geo["pads"],
+        ctx, grads[0], z, node.input[0], kernel, geo["strides"], geo["pads"],
         geo["dilations"], group, EPS)
     return result
 
@@ -112,4 +134,4 @@ def fully_connected(ctx: RuleContext, node, grads):
 
 
 RULES = {"Conv": conv, "BatchNormalization": batch_norm, "Gemm": fully_connected,
-         "MatMul": fully_connected}
+         "MatMul": fully_connected, "Relu": relu}
