@@ -52,7 +52,8 @@ def main():
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--tsgb-normgrad", action="store_true",
-                        help="also TSGB and NormGrad at four layers, fused and portable")
+                        help="also TSGB, NormGrad at four layers (fused and portable) and meta")
+    parser.add_argument("--no-meta", action="store_true", help="leave out the meta-saliency rows")
     args = parser.parse_args()
     torch.set_num_threads(2)
     tmp = Path(tempfile.mkdtemp())
@@ -80,25 +81,33 @@ def main():
                 methods[f"tsgb ({kind})"] = (["tsgb"], None, fused, None)
                 methods[f"normgrad_selective@4 layers ({kind})"] = (["normgrad_selective"], four, fused, None)
                 methods[f"normgrad@4 layers ({kind})"] = (["normgrad"], four, fused, None)
-            methods["meta gradient"] = (["gradient"], None, "meta", None)
-            methods["meta normgrad_selective@4 layers"] = (["normgrad_selective"], four, "meta", None)
-        explainers = {k: osal.Explainer(path, methods=m, layers=ls, threads=2,
-                                        **({"meta": True} if f == "meta" else {"fused": f}))
-                      for k, (m, ls, f, _) in methods.items()}
-        for batch in args.batches:
-            x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+            if not args.no_meta:
+                methods["meta gradient"] = (["gradient"], None, "meta", None)
+                methods["meta normgrad_selective@4 layers"] = (
+                    ["normgrad_selective"], four, "meta", None)
+        xs = {batch: np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+              for batch in args.batches}
+        t_fwd, t_torch = {}, {}
+        for batch, x in xs.items():
             xt = torch.from_numpy(x)
-            t_fwd = median_time(lambda: fwd.run(None, {"input": x}), args.repeat)
+            t_fwd[batch] = median_time(lambda: fwd.run(None, {"input": x}), args.repeat)
             with torch.no_grad():
-                t_torch = median_time(lambda: model(xt), args.repeat)
-            for key, (*_, captum_fn) in methods.items():
-                ex = explainers[key]
+                t_torch[batch] = median_time(lambda: model(xt), args.repeat)
+        rows = []
+        for key, (ms, ls, f, captum_fn) in methods.items():   # one explainer alive at a time
+            ex = osal.Explainer(path, methods=ms, layers=ls, threads=2,
+                                **({"meta": True} if f == "meta" else {"fused": f}))
+            for batch, x in xs.items():
                 t = median_time(lambda: ex.explain(x, target=0), args.repeat)
                 captum = "–"
                 if captum_fn is not None:
+                    xt = torch.from_numpy(x)
                     t_c = median_time(lambda: captum_fn(model, xt.clone()), args.repeat)
-                    captum = f"{t_c / t_torch:.2f}×"
-                print(f"| {name} | {batch} | {key} | {t / t_fwd:.2f}× | {captum} |", flush=True)
+                    captum = f"{t_c / t_torch[batch]:.2f}×"
+                rows.append((batch, f"| {name} | {batch} | {key} | {t / t_fwd[batch]:.2f}× | {captum} |"))
+            del ex
+        for _, row in sorted(rows, key=lambda r: r[0]):
+            print(row, flush=True)
         print(f"\n{name}: explainer graph built in {build:.2f} s\n", flush=True)
 
 

@@ -154,3 +154,12 @@ def test_ebp_default_layer_is_resnet_layer3(tmp_path):
     path = tmp_path / "r18.onnx"
     export_torchvision("resnet18", path, 32)
     assert osal.Explainer(path, methods=["ebp", "cebp"]).map_names == ["ebp@layer3", "cebp@layer3"]
+
+
+def test_default_layers_follow_the_presets(tmp_path):
+    path = tmp_path / "r18.onnx"
+    export_torchvision("resnet18", path, 32)
+    defaults = osal.default_layers(path)
+    assert defaults["gradcam"] == defaults["normgrad"] == defaults["normgrad_selective"]
+    assert defaults["ebp"] == defaults["cebp"] == "layer3"
+    assert defaults["normgrad_conv"].endswith("conv2")

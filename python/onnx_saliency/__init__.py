@@ -9,10 +9,10 @@
 from . import methods
 from .errors import (InputError, LayerNotFoundError, MethodError, ModelLoadError, SaliencyError,
                      UnsupportedOpError)
-from .explainer import Explainer, backward_graph, list_layers
+from .explainer import Explainer, backward_graph, default_layers, list_layers
 
 __version__ = "0.1.0"
 
-__all__ = ["Explainer", "backward_graph", "list_layers", "methods", "SaliencyError",
+__all__ = ["Explainer", "backward_graph", "default_layers", "list_layers", "methods", "SaliencyError",
            "ModelLoadError", "UnsupportedOpError", "LayerNotFoundError", "InputError",
            "MethodError", "__version__"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import Explainer, list_layers
+from . import Explainer, default_layers, list_layers
 from .errors import SaliencyError
 
 PRESETS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                      DEMO_METHODS, None, "top1", Path(args.out), (48, 192), "paddle", 1)
         elif args.command == "layers":
             print("\n".join(list_layers(args.model)))
+            print("\ndefault layers: " + ", ".join(
+                f"{method} -> {layer}" for method, layer in default_layers(args.model).items()))
         else:
             if args.target != "top1" and not args.target.isdigit():
                 raise UsageError(f"--target must be 'top1' or a class index, not '{args.target}'")

@@ -334,3 +334,22 @@ def list_layers(model: ModelSource) -> list[str]:
     """Names usable as layers: module paths from exporter scopes, then raw tensor names."""
     canon = canonicalize(model)
     return LayerNames(GraphIndex(canon.model), canon.input_name).names()
+
+
+def default_layers(model: ModelSource) -> dict[str, str]:
+    """The layer each layer method taps when none is given, for this model: {method: layer}.
+
+    Presets by module path (VGG16 features.29 / ResNet50 layer4 for Grad-CAM and the NormGrad
+    family, features.23 / layer3 for EBP), else the rule: the last spatial tensor before global
+    pooling; normgrad_conv: the last convolution."""
+    canon = canonicalize(model)
+    index = GraphIndex(canon.model)
+    names = LayerNames(index, canon.input_name)
+    general = default_layer(index, canon.input_name)
+    out = {}
+    for name, factory in methods_mod.REGISTRY.items():
+        method = factory()
+        if not method.layer_method or method.default_at_input:
+            continue
+        out[name] = names.friendly(method.default_tap(index, canon.input_name) or general)
+    return out
