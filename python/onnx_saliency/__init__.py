@@ -13,6 +13,13 @@ from .explainer import Explainer, backward_graph, default_layers, list_layers
 
 __version__ = "0.1.0"
 
-__all__ = ["Explainer", "backward_graph", "default_layers", "list_layers", "methods", "SaliencyError",
+
+def from_torch(module, example_input, methods=("gradient",), layers=None, **kwargs):
+    """Export a torch.nn.Module and explain it (see torch_export.from_torch); torch is
+    imported only here, never by `import onnx_saliency`."""
+    from .torch_export import from_torch as _from_torch
+    return _from_torch(module, example_input, methods, layers, **kwargs)
+
+__all__ = ["Explainer", "backward_graph", "default_layers", "from_torch", "list_layers", "methods", "SaliencyError",
            "ModelLoadError", "UnsupportedOpError", "LayerNotFoundError", "InputError",
            "MethodError", "__version__"]

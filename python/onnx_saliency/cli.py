@@ -1,4 +1,4 @@
-"""The `onnx-saliency` command: `demo`, `layers MODEL`, `explain MODEL IMAGES...`.
+"""The `onnx-saliency` command: `demo`, `layers MODEL`, `explain MODEL IMAGES...`, `export MODEL`.
 
 Exit codes: 0 success, 2 usage error (bad flags or paths), 1 failure (one clear line, no traceback).
 """
@@ -50,11 +50,12 @@ def _image_files(items: list[str]) -> list[Path]:
     return files
 
 
-def _explain(model, files, methods, layers, target, out: Path, size, preset, batch_size):
+def _explain(model, files, methods, layers, target, out: Path, size, preset, batch_size,
+             providers=None):
     from .viz import save_overlay
 
     mean, std = (np.asarray(v, np.float32)[:, None, None] for v in PRESETS[preset])
-    ex = Explainer(model, methods=methods, layers=layers or None)
+    ex = Explainer(model, methods=methods, layers=layers or None, providers=providers)
     h, w = size if size else [d if isinstance(d, int) else 224 for d in ex.input_shape[2:]]
     out.mkdir(parents=True, exist_ok=True)
     index = []
@@ -69,7 +70,7 @@ def _explain(model, files, methods, layers, target, out: Path, size, preset, bat
             for key, maps in result.items():
                 stem = f"{f.stem}_{key.replace('@', '_at_').replace('/', '_')}"
                 np.save(out / f"{stem}.npy", maps[i])
-                save_overlay(out / f"{stem}.png", rgb[i], maps[i])
+                save_overlay(out / f"{stem}.png", rgb[i], maps[i], colorbar=True)
                 index.append({"image": str(f), "map": key, "target": cls,
                               "score": float(logits[i, cls]), "npy": f"{stem}.npy",
                               "png": f"{stem}.png"})
@@ -95,6 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--preset", choices=sorted(PRESETS), default="imagenet",
                      help="normalisation preset (default imagenet)")
     exp.add_argument("--batch-size", type=int, default=16)
+    exp.add_argument("--providers", nargs="+", default=None,
+                     help="ONNX Runtime execution providers (default CPUExecutionProvider)")
+    xp = sub.add_parser("export", help="write the explainer graph (image, target) -> (logits, maps)")
+    xp.add_argument("model")
+    xp.add_argument("-o", "--output", required=True, help="the explainer .onnx to write")
+    xp.add_argument("--method", action="append", default=None, help="method name (repeatable)")
+    xp.add_argument("--layer", action="append", default=None, help="layer for layer methods")
+    xp.add_argument("--portable", action="store_true",
+                    help="standard ONNX ops only (no custom-op library needed to run it)")
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
@@ -105,12 +115,16 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(list_layers(args.model)))
             print("\ndefault layers: " + ", ".join(
                 f"{method} -> {layer}" for method, layer in default_layers(args.model).items()))
+        elif args.command == "export":
+            ex = Explainer(args.model, methods=args.method or ["gradient"], layers=args.layer)
+            ex.save(args.output, portable=args.portable)
+            print(f"wrote {args.output}: maps {', '.join(ex.map_names)}")
         else:
             if args.target != "top1" and not args.target.isdigit():
                 raise UsageError(f"--target must be 'top1' or a class index, not '{args.target}'")
             _explain(args.model, _image_files(args.images), args.method or ["gradient"],
                      args.layer, args.target, Path(args.out), args.size, args.preset,
-                     args.batch_size)
+                     args.batch_size, args.providers)
     except UsageError as exc:
         print(f"onnx-saliency: error: {exc}", file=sys.stderr)
         return 2

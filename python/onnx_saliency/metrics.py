@@ -1,4 +1,4 @@
-"""Evaluation metrics of saliency maps.
+"""Evaluation metrics of saliency maps: class sensitivity, pointing game, deletion/insertion.
 
 class_sensitivity (METHODS.md §3): p = softmax(f(x)); c_max = argmax p, c_min = argmin p;
 ρ = Spearman rank correlation over all pixels between S_{c_max} + 1e-6 and S_{c_min} + 1e-6
@@ -48,3 +48,93 @@ def class_sensitivity(explainer, images: np.ndarray, key: str | None = None,
             rhos.append(spearmanr(a.ravel() + OFFSET, b.ravel() + OFFSET).statistic)
     rho = np.asarray(rhos, np.float64)
     return ClassSensitivity(rho, float(np.nanmean(rho)), float(np.nanstd(rho)))
+
+
+# -- pointing game -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PointingGame:
+    hits: np.ndarray                 # bool per image
+    accuracy: float                  # mean over images
+    per_class: dict[int, float]      # accuracy per class (when labels are given)
+    class_mean: float                # mean of the per-class accuracies (TorchRay's "mean acc")
+
+
+def box_mask(shape: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
+    """A bool [H, W] mask of the box (x0, y0, x1, y1), ends exclusive."""
+    mask = np.zeros(shape, bool)
+    x0, y0, x1, y1 = box
+    mask[max(y0, 0):y1, max(x0, 0):x1] = True
+    return mask
+
+
+def pointing_game(maps: np.ndarray, masks: np.ndarray, labels=None, tolerance: float = 15
+                  ) -> PointingGame:
+    """Hit when a map's maximum (first one in row-major order) lies within `tolerance` pixels
+    (Euclidean) of the object's mask. maps, masks: [N, H, W]; labels: class per image (optional).
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    maps, masks = np.asarray(maps), np.asarray(masks, bool)
+    if maps.shape != masks.shape or maps.ndim != 3:
+        raise MethodError(f"maps and masks must both be [N,H,W]; got {maps.shape} and {masks.shape}.")
+    hits = np.zeros(len(maps), bool)
+    for i, (m, mask) in enumerate(zip(maps, masks)):
+        if not mask.any():
+            raise MethodError(f"mask {i} is empty.")
+        y, x = np.unravel_index(np.argmax(m), m.shape)
+        hits[i] = distance_transform_edt(~mask)[y, x] <= tolerance
+    per_class: dict[int, float] = {}
+    if labels is not None:
+        labels = np.asarray(labels)
+        for c in np.unique(labels):
+            per_class[int(c)] = float(hits[labels == c].mean())
+    class_mean = float(np.mean(list(per_class.values()))) if per_class else float(hits.mean())
+    return PointingGame(hits, float(hits.mean()), per_class, class_mean)
+
+
+# -- deletion / insertion ----------------------------------------------------------------------
+
+def deletion_insertion(explainer, images: np.ndarray, maps: np.ndarray, target,
+                       mode: str = "deletion", steps: int = 32, baseline: np.ndarray | float = 0.0,
+                       batch_size: int = 16) -> np.ndarray:
+    """Area under the target's softmax-probability curve as pixels are removed (`deletion`:
+    replaced by `baseline`, most salient first) or inserted (`insertion`: starting from the
+    baseline, most salient first), at `steps` + 1 evenly spaced fractions 0..1 of the pixels;
+    AUC by the trapezoid rule on [0, 1]. The curve runs through ONNX Runtime in batches of the
+    model's own forward pass. Returns one AUC per image."""
+    from .runtime import check_targets, make_session
+
+    if mode not in ("deletion", "insertion"):
+        raise MethodError(f"mode must be 'deletion' or 'insertion', not {mode!r}.")
+    images, maps = np.asarray(images, np.float32), np.asarray(maps)
+    n, c, h, w = images.shape
+    if maps.shape != (n, h, w):
+        raise MethodError(f"maps must be [N,H,W] = {(n, h, w)}; got {maps.shape}.")
+    targets = check_targets(target, n, explainer.num_classes)
+    if (targets < 0).any():
+        raise MethodError("deletion/insertion needs explicit target classes.")
+    session = make_session(explainer.canonical.model, explainer.providers, explainer.threads)
+    name = explainer.canonical.input_name
+    base = np.broadcast_to(np.asarray(baseline, np.float32), images.shape)
+    counts = np.round(np.linspace(0, h * w, steps + 1)).astype(int)
+    aucs = np.zeros(n)
+    for i in range(n):
+        order = np.argsort(-maps[i].ravel(), kind="stable")
+        frames = []
+        for k in counts:
+            chosen = np.zeros(h * w, bool)
+            chosen[order[:k]] = True
+            chosen = chosen.reshape(h, w)
+            start, other = (images[i], base[i]) if mode == "deletion" else (base[i], images[i])
+            frames.append(np.where(chosen, other, start))
+        frames = np.stack(frames).astype(np.float32)
+        probs = []
+        for s in range(0, len(frames), batch_size):
+            logits = session.run(None, {name: frames[s:s + batch_size]})[0]
+            logits = logits.reshape(len(logits), logits.shape[1], -1).sum(-1) if logits.ndim > 2 else logits
+            e = np.exp(logits - logits.max(1, keepdims=True))
+            probs.append((e / e.sum(1, keepdims=True))[:, targets[i]])
+        curve = np.concatenate(probs)
+        aucs[i] = float(np.sum((curve[1:] + curve[:-1]) / 2) / steps)
+    return aucs

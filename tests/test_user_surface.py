@@ -1,0 +1,139 @@
+"""from_torch, the CLI's export subcommand, and the pointing-game and deletion/insertion metrics
+against hand-computed cases."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import onnx_saliency as osal
+from onnx_saliency.cli import main
+from onnx_saliency.metrics import box_mask, deletion_insertion, pointing_game
+
+from conftest import export_torchvision
+
+
+def test_importing_the_package_does_not_import_torch():
+    code = "import sys, onnx_saliency; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_from_torch_gives_the_maps_of_a_hand_export(tmp_path):
+    import torch
+    path = tmp_path / "r18.onnx"
+    model = export_torchvision("resnet18", path, 48)
+    x = np.random.default_rng(0).standard_normal((2, 3, 48, 48)).astype(np.float32)
+    by_hand = osal.Explainer(path, methods=["gradient", "gradcam"], layers=["layer3"]).explain(x, 4)
+    ex = osal.from_torch(model, torch.zeros(1, 3, 48, 48), methods=["gradient", "gradcam"],
+                         layers=["layer3"])
+    ours = ex.explain(x, 4)
+    assert set(ours) == {"gradient", "gradcam@layer3"}
+    for key in ours:
+        np.testing.assert_allclose(ours[key], by_hand[key], rtol=1e-5, atol=1e-7)
+    assert not model.training
+    with pytest.raises(osal.SaliencyError, match="nn.Module"):
+        osal.from_torch(object(), torch.zeros(1, 3, 8, 8))
+
+
+def test_cli_export_writes_a_runnable_graph(tmp_path, capsys):
+    path = tmp_path / "r18.onnx"
+    export_torchvision("resnet18", path, 32)
+    out = tmp_path / "explainer.onnx"
+    assert main(["export", str(path), "-o", str(out), "--method", "tsgb", "--method", "normgrad",
+                 "--portable"]) == 0
+    model = onnx.load(out)
+    assert not any(n.domain for n in model.graph.node)       # portable: standard ops only
+    names = [o.name for o in model.graph.output][1:]
+    assert names[0] == "tsgb" and names[1].startswith("normgrad@") and len(names) == 2
+    assert main(["export", str(tmp_path / "missing.onnx"), "-o", str(out)]) == 1
+    assert "error" in capsys.readouterr().err
+
+
+def test_pointing_game_hand_cases():
+    maps = np.zeros((3, 40, 40))
+    maps[0, 5, 5] = 1        # 21.2 px from the box corner (20, 20)
+    maps[1, 25, 25] = 1      # inside
+    maps[2, 10, 20] = 1      # 10 px above the box
+    masks = np.stack([box_mask((40, 40), (20, 20, 30, 30))] * 3)
+    result = pointing_game(maps, masks, labels=[0, 0, 1])
+    np.testing.assert_array_equal(result.hits, [False, True, True])
+    assert result.accuracy == pytest.approx(2 / 3)
+    assert result.per_class == {0: 0.5, 1: 1.0} and result.class_mean == pytest.approx(0.75)
+    assert pointing_game(maps, masks, tolerance=25).hits.all()
+    with pytest.raises(osal.MethodError, match="empty"):
+        pointing_game(maps, np.zeros_like(masks))
+
+
+def _sum_model(path):
+    """logits = [Σ x, 0]: the class-0 probability is sigmoid(Σ x)."""
+    nodes = [helper.make_node("ReduceSum", ["x", "axes"], ["s"], keepdims=0),
+             helper.make_node("Unsqueeze", ["s", "one"], ["s1"]),
+             helper.make_node("Mul", ["s1", "zero"], ["z1"]),
+             helper.make_node("Concat", ["s1", "z1"], ["logits"], axis=1)]
+    graph = helper.make_graph(nodes, "sum", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 2, 2])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])],
+                              [helper.make_tensor("axes", TensorProto.INT64, [3], [1, 2, 3]),
+                               helper.make_tensor("one", TensorProto.INT64, [1], [1]),
+                               helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def test_deletion_and_insertion_auc_hand_case(tmp_path):
+    path = tmp_path / "sum.onnx"
+    _sum_model(path)
+    ex = osal.Explainer(path, methods=["gradient"])
+    image = np.array([[[[3.0, -1.0], [2.0, 0.5]]]], np.float32)
+    saliency = np.array([[[4.0, 1.0], [3.0, 2.0]]])            # order: 3.0, 2.0, 0.5, -1.0
+    sig = lambda v: 1 / (1 + np.exp(-v))
+    # deletion (baseline 0), 4 steps: sums 4.5, 1.5, -0.5, -1.0, 0
+    dele = sig(np.array([4.5, 1.5, -0.5, -1.0, 0.0]))
+    ins = sig(np.array([0.0, 3.0, 5.0, 5.5, 4.5]))
+    auc = lambda c: np.sum((c[1:] + c[:-1]) / 2) / 4
+    np.testing.assert_allclose(deletion_insertion(ex, image, saliency, 0, "deletion", steps=4),
+                               [auc(dele)], rtol=1e-6)
+    np.testing.assert_allclose(deletion_insertion(ex, image, saliency, 0, "insertion", steps=4),
+                               [auc(ins)], rtol=1e-6)
+    with pytest.raises(osal.MethodError, match="mode"):
+        deletion_insertion(ex, image, saliency, 0, "sideways")
+
+
+def test_overlays_and_grid_are_pictures_of_the_right_size(tmp_path):
+    from PIL import Image
+
+    from onnx_saliency import viz
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    maps = {"gradient": rng.standard_normal((30, 40)), "gradcam@layer4": np.zeros((30, 40))}
+    viz.save_overlay(tmp_path / "o.png", image, maps["gradient"], colorbar=True)
+    with Image.open(tmp_path / "o.png") as im:
+        assert im.format == "PNG" and im.size == (40 + viz.BAR_WIDTH + 4, 30)
+    picture = viz.grid(image, maps, columns=2)
+    assert picture.size == (2 * 40 + viz.BAR_WIDTH + 4, 2 * (30 + 14))
+    plain = np.asarray(viz.overlay(image, maps["gradient"], alpha=0.0))
+    np.testing.assert_array_equal(plain, image)          # alpha 0 leaves the image untouched
+
+
+def test_cli_demo_explain_and_usage_errors(tmp_path, capsys):
+    import json
+
+    from PIL import Image
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    index = json.loads((tmp_path / "demo" / "maps.json").read_text())
+    assert len(index["maps"]) == 4
+    for entry in index["maps"]:
+        assert np.load(tmp_path / "demo" / entry["npy"]).shape == (48, 192)
+        with Image.open(tmp_path / "demo" / entry["png"]) as im:
+            assert im.format == "PNG" and im.size[1] == 48
+    assert main(["explain", str(tmp_path / "nope.onnx"), str(tmp_path / "nothing.png")]) == 2
+    assert "no such image" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["explain", "--bogus-flag"])
+    assert exc.value.code == 2
+    assert main(["explain", str(tmp_path / "nope.onnx"), str(tmp_path / "demo" / index["maps"][0]["png"]),
+                 "--target", "cat"]) == 2
