@@ -13,16 +13,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from bench_methods import median_time  # same folder
 from onnx_saliency import fused
+from onnx_saliency.bench import median_time
 from onnx_saliency.backward.context import RuleContext
 from onnx_saliency.graph import GraphBuilder, GraphIndex
 

@@ -12,7 +12,6 @@ over PyTorch's own forward); and the time to build the explainer graph. Needs th
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -24,19 +23,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 warnings.simplefilter("ignore")
 
+from onnx_saliency.bench import median_time  # noqa: E402  (the package's own clock)
+
 LAYER = {"resnet50": "layer4", "vgg16": "features.29"}
 LAYERS4 = {"resnet50": ["layer1", "layer2", "layer3", "layer4"],
            "vgg16": ["features.8", "features.15", "features.22", "features.29"]}
-
-
-def median_time(fn, repeat):
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main():

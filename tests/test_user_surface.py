@@ -135,5 +135,93 @@ def test_cli_demo_explain_and_usage_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["explain", "--bogus-flag"])
     assert exc.value.code == 2
-    assert main(["explain", str(tmp_path / "nope.onnx"), str(tmp_path / "demo" / index["maps"][0]["png"]),
-                 "--target", "cat"]) == 2
+    from importlib import resources
+    bundled = str(resources.files("onnx_saliency") / "data" / "text_direction_cls.onnx")
+    picture = str(tmp_path / "demo" / index["maps"][0]["png"])
+    assert main(["explain", bundled, picture, "--target", "cat", "--out", str(tmp_path / "o")]) == 2
+    assert "class label" in capsys.readouterr().err
+    labels = tmp_path / "labels.txt"
+    labels.write_text("upright\nupside down\n")
+    assert main(["explain", bundled, picture, "--target", "upside down", "--labels", str(labels),
+                 "--preset", "paddle", "--size", "48", "192", "--out", str(tmp_path / "o")]) == 0
+    entry = json.loads((tmp_path / "o" / "maps.json").read_text())["maps"][0]
+    assert entry["target"] == 1 and entry["label"] == "upside down" and entry["method"] == "gradient"
+    assert main(["layers", bundled]) == 0
+    printed = capsys.readouterr().out
+    assert "default layers:" in printed and "\tN×" in printed
+
+
+def test_folder_runs_stream_in_bounded_memory(tmp_path):
+    """Peak Python-side memory of a 240-image folder run is about that of a 48-image run: images
+    are read, explained and written one batch at a time."""
+    import tracemalloc
+
+    from PIL import Image
+    from importlib import resources
+    bundled = str(resources.files("onnx_saliency") / "data" / "text_direction_cls.onnx")
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(240):
+        Image.fromarray(rng.integers(0, 255, (48, 192, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
+
+    def peak(count):
+        sub = tmp_path / f"subset{count}"
+        sub.mkdir()
+        for f in sorted(folder.iterdir())[:count]:
+            (sub / f.name).write_bytes(f.read_bytes())
+        tracemalloc.start()
+        assert main(["explain", bundled, str(sub), "--preset", "paddle", "--size", "48", "192",
+                     "--batch-size", "16", "--out", str(tmp_path / f"out{count}")]) == 0
+        _, top = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return top
+
+    small, large = peak(48), peak(240)
+    assert large < 1.5 * small, (small, large)
+
+
+def test_randomization_check_maps_drift_from_the_original(tmp_path):
+    from onnx_saliency.metrics import randomization_check
+    path = tmp_path / "r18.onnx"
+    export_torchvision("resnet18", path, 32)
+    x = np.random.default_rng(2).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    steps = randomization_check(path, x, "gradient", target=[1, 2])
+    assert len(steps) == 21                       # 20 convs + the classifier, top down
+    assert steps[0].layer.startswith("/fc")
+    assert all(-1 <= s.similarity <= 1 for s in steps)
+    assert steps[-1].similarity < 0.5             # fully random: the gradient map is another one
+
+
+def test_dask_recipe_maps_the_saved_graph_over_batches(tmp_path):
+    import pickle
+
+    import dask.bag
+
+    from onnx_saliency.distributed import BatchExplainer
+    path = tmp_path / "r18.onnx"
+    export_torchvision("resnet18", path, 32)
+    ex = osal.Explainer(path, methods=["gradient", "tsgb"])
+    graph_path = tmp_path / "explainer.onnx"
+    ex.save(graph_path)
+    rng = np.random.default_rng(3)
+    batches = [{"image": rng.standard_normal((4, 3, 32, 32)).astype(np.float32),
+                "target": rng.integers(0, 1000, 4)} for _ in range(6)]
+    payload = BatchExplainer(graph_path.read_bytes())
+    payload(batches[0])                                   # a used payload still pickles small
+    assert len(pickle.dumps(payload)) < graph_path.stat().st_size + 10_000
+    results = dask.bag.from_sequence(batches, npartitions=3).map(payload).compute(scheduler="threads")
+    assert len(results) == 6
+    for batch, result in zip(batches, results):
+        expected = ex.explain(batch["image"], batch["target"])
+        for key in expected:
+            np.testing.assert_allclose(result[key], expected[key], rtol=1e-5, atol=1e-7)
+
+
+def test_cli_bench_prints_the_ratio_table(capsys):
+    from importlib import resources
+    bundled = str(resources.files("onnx_saliency") / "data" / "text_direction_cls.onnx")
+    assert main(["bench", bundled, "--method", "gradient", "--batches", "1", "--repeat", "1",
+                 "--size", "48", "192"]) == 0
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("| gradient")]
+    assert len(lines) == 1 and lines[0].count("|") == 5

@@ -1,6 +1,12 @@
-"""The `onnx-saliency` command: `demo`, `layers MODEL`, `explain MODEL IMAGES...`, `export MODEL`.
+"""The `onnx-saliency` command: `demo`, `layers MODEL`, `explain MODEL IMAGES...`, `export MODEL`,
+`bench MODEL`.
 
 Exit codes: 0 success, 2 usage error (bad flags or paths), 1 failure (one clear line, no traceback).
+
+Preprocessing for `explain`: --mean/--std/--size flags, else the model's metadata
+(`onnx_saliency.mean`, `onnx_saliency.std` as JSON lists, `onnx_saliency.size` as [H, W]), else the
+--preset (default imagenet). Class labels for --target LABEL: --labels FILE (one per line), else
+the metadata key `onnx_saliency.labels` (a JSON list).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import Explainer, default_layers, list_layers
+from . import Explainer, default_layers
 from .errors import SaliencyError
 
 PRESETS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
@@ -50,32 +56,93 @@ def _image_files(items: list[str]) -> list[Path]:
     return files
 
 
+def _metadata(model) -> dict:
+    """The model's metadata_props whose keys start with onnx_saliency. (JSON values)."""
+    import onnx
+
+    from .canonical import load_model
+    proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
+    out = {}
+    for prop in proto.metadata_props:
+        if prop.key.startswith("onnx_saliency."):
+            try:
+                out[prop.key.split(".", 1)[1]] = json.loads(prop.value)
+            except json.JSONDecodeError:
+                out[prop.key.split(".", 1)[1]] = prop.value
+    return out
+
+
+def _target(target: str, labels: list[str] | None):
+    if target == "top1":
+        return None
+    if target.lstrip("-").isdigit():
+        return int(target)
+    if labels and target in labels:
+        return labels.index(target)
+    known = "; known labels include " + ", ".join(labels[:5]) if labels else " (no labels known: pass --labels FILE)"
+    raise UsageError(f"--target must be 'top1', a class index or a class label, not '{target}'{known}")
+
+
 def _explain(model, files, methods, layers, target, out: Path, size, preset, batch_size,
-             providers=None):
+             providers=None, mean=None, std=None, labels=None):
     from .viz import save_overlay
 
-    mean, std = (np.asarray(v, np.float32)[:, None, None] for v in PRESETS[preset])
+    meta = _metadata(model)
+    mean = mean or meta.get("mean") or PRESETS[preset][0]
+    std = std or meta.get("std") or PRESETS[preset][1]
+    mean, std = (np.asarray(v, np.float32)[:, None, None] for v in (mean, std))
+    labels = labels or meta.get("labels")
+    cls_target = _target(target, labels)
     ex = Explainer(model, methods=methods, layers=layers or None, providers=providers)
+    size = size or meta.get("size")
     h, w = size if size else [d if isinstance(d, int) else 224 for d in ex.input_shape[2:]]
     out.mkdir(parents=True, exist_ok=True)
     index = []
-    for start in range(0, len(files), batch_size):
+    progress = _progress(len(files))
+    for start in range(0, len(files), batch_size):     # one batch in memory at a time
         chunk = files[start:start + batch_size]
         rgb = [_load_image(f, (h, w)) for f in chunk]
         x = np.stack([(im.transpose(2, 0, 1) / 255.0 - mean) / std for im in rgb]).astype(np.float32)
-        result = ex.run(x, None if target in (None, "top1") else int(target))
+        result = ex.run(x, cls_target)
         logits = result.pop("logits")
         for i, f in enumerate(chunk):
-            cls = int(logits[i].argmax()) if target in (None, "top1") else int(target)
+            cls = int(logits[i].argmax()) if cls_target is None else cls_target
             for key, maps in result.items():
                 stem = f"{f.stem}_{key.replace('@', '_at_').replace('/', '_')}"
                 np.save(out / f"{stem}.npy", maps[i])
                 save_overlay(out / f"{stem}.png", rgb[i], maps[i], colorbar=True)
-                index.append({"image": str(f), "map": key, "target": cls,
-                              "score": float(logits[i, cls]), "npy": f"{stem}.npy",
-                              "png": f"{stem}.png"})
+                entry = {"image": str(f), "method": key.split("@")[0],
+                         "layer": key.split("@")[1] if "@" in key else None, "map": key,
+                         "target": cls, "score": float(logits[i, cls]),
+                         "npy": f"{stem}.npy", "png": f"{stem}.png"}
+                if labels and cls < len(labels):
+                    entry["label"] = labels[cls]
+                index.append(entry)
+        progress.update(len(chunk))
+    progress.close()
     (out / "maps.json").write_text(json.dumps({"model": str(model), "maps": index}, indent=1))
     print(f"wrote {len(index)} maps for {len(files)} image(s) to {out}")
+
+
+def _progress(total: int):
+    """A tqdm progress bar on stderr for runs of more than one batch-sized handful."""
+    from tqdm import tqdm
+    return tqdm(total=total, unit="img", disable=total < 32, file=sys.stderr)
+
+
+def _layers(model) -> None:
+    from .canonical import canonicalize
+    from .graph import GraphIndex
+    from .layers import LayerNames
+    canon = canonicalize(model)
+    index = GraphIndex(canon.model)
+    names = LayerNames(index, canon.input_name)
+    for name in names.names():
+        shape = index.shapes.get(names.resolve(name))
+        dims = "×".join("N" if i == 0 else str(d) for i, d in enumerate(shape)) if shape else "?"
+        print(f"{name}\t{dims}")
+    print("\ndefault layers: " + ", ".join(
+        f"{method} -> {layer}" for method, layer in default_layers(model).items()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("images", nargs="+", help="image files or folders (PNG/JPEG)")
     exp.add_argument("--method", action="append", default=None, help="method name (repeatable)")
     exp.add_argument("--layer", action="append", default=None, help="layer for layer methods")
-    exp.add_argument("--target", default="top1", help="'top1' or a class index")
+    exp.add_argument("--target", default="top1", help="'top1', a class index or a class label")
+    exp.add_argument("--labels", default=None, help="class labels file, one per line")
+    exp.add_argument("--mean", type=float, nargs="+", default=None, help="per-channel mean (0-1 scale)")
+    exp.add_argument("--std", type=float, nargs="+", default=None, help="per-channel std (0-1 scale)")
     exp.add_argument("--out", default="saliency_out")
     exp.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None)
     exp.add_argument("--preset", choices=sorted(PRESETS), default="imagenet",
@@ -98,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--batch-size", type=int, default=16)
     exp.add_argument("--providers", nargs="+", default=None,
                      help="ONNX Runtime execution providers (default CPUExecutionProvider)")
+    bn = sub.add_parser("bench", help="explain/forward time ratios for the model on this machine")
+    bn.add_argument("model")
+    bn.add_argument("--method", action="append", default=None, help="method name (repeatable)")
+    bn.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    bn.add_argument("--repeat", type=int, default=3)
+    bn.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None)
     xp = sub.add_parser("export", help="write the explainer graph (image, target) -> (logits, maps)")
     xp.add_argument("model")
     xp.add_argument("-o", "--output", required=True, help="the explainer .onnx to write")
@@ -112,19 +188,28 @@ def main(argv: list[str] | None = None) -> int:
             _explain(data / "text_direction_cls.onnx", [Path(str(data / "sample_text.png"))],
                      DEMO_METHODS, None, "top1", Path(args.out), (48, 192), "paddle", 1)
         elif args.command == "layers":
-            print("\n".join(list_layers(args.model)))
-            print("\ndefault layers: " + ", ".join(
-                f"{method} -> {layer}" for method, layer in default_layers(args.model).items()))
+            _layers(args.model)
+        elif args.command == "bench":
+            from .bench import ratio_table
+            print("| method | batch | explain / ORT forward | forward (ms) |\n|---|---|---|---|")
+            for row in ratio_table(args.model, args.method or ["gradient", "gradcam"],
+                                   args.batches, args.repeat, size=args.size):
+                print(f"| {row['method']} | {row['batch']} | {row['ratio']:.2f}× | "
+                      f"{row['forward_ms']:.1f} |")
         elif args.command == "export":
             ex = Explainer(args.model, methods=args.method or ["gradient"], layers=args.layer)
             ex.save(args.output, portable=args.portable)
             print(f"wrote {args.output}: maps {', '.join(ex.map_names)}")
         else:
-            if args.target != "top1" and not args.target.isdigit():
-                raise UsageError(f"--target must be 'top1' or a class index, not '{args.target}'")
+            labels = None
+            if args.labels:
+                try:
+                    labels = [line.strip() for line in Path(args.labels).read_text().splitlines()]
+                except OSError as exc:
+                    raise UsageError(f"cannot read labels file '{args.labels}': {exc}") from None
             _explain(args.model, _image_files(args.images), args.method or ["gradient"],
                      args.layer, args.target, Path(args.out), args.size, args.preset,
-                     args.batch_size, args.providers)
+                     args.batch_size, args.providers, args.mean, args.std, labels)
     except UsageError as exc:
         print(f"onnx-saliency: error: {exc}", file=sys.stderr)
         return 2
