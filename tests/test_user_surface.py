@@ -225,3 +225,33 @@ def test_cli_bench_prints_the_ratio_table(capsys):
                  "--size", "48", "192"]) == 0
     lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("| gradient")]
     assert len(lines) == 1 and lines[0].count("|") == 5
+
+
+def test_channels_last_models_are_explained_in_nchw(tmp_path):
+    import torch
+
+    class NHWC(torch.nn.Module):
+        def __init__(self, body):
+            super().__init__()
+            self.body = body
+
+        def forward(self, x):
+            return self.body(x.permute(0, 3, 1, 2))
+
+    torch.manual_seed(0)
+    body = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                               torch.nn.Linear(4, 3)).eval()
+    paths = {}
+    for name, module, shape in [("nchw", body, (1, 3, 8, 8)), ("nhwc", NHWC(body), (1, 8, 8, 3))]:
+        paths[name] = tmp_path / f"{name}.onnx"
+        torch.onnx.export(module, (torch.randn(*shape),), str(paths[name]), dynamo=False,
+                          opset_version=17, input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    a = osal.Explainer(paths["nchw"], methods=["gradient", "tsgb"]).explain(x, 1)
+    b = osal.Explainer(paths["nhwc"], methods=["gradient", "tsgb"], layout="NHWC").explain(x, 1)
+    for key in a:
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-7)
+    with pytest.raises(osal.ModelLoadError, match="layout"):
+        osal.Explainer(paths["nchw"], layout="CHW")

@@ -321,8 +321,32 @@ def _batch_works(model: onnx.ModelProto, input_name: str) -> bool:
         return False
 
 
-def canonicalize(source: ModelSource) -> CanonicalModel:
-    """load → softmax bypass → opset → names → constants → dynamic batch → shapes → folding."""
+def channels_first_input(model: onnx.ModelProto, input_name: str) -> onnx.ModelProto:
+    """For a model that takes NHWC images: the same input name now takes [N,C,H,W] and a
+    Transpose (perm 0,2,3,1) feeds the original consumers, so maps and images stay NCHW."""
+    inner = f"{input_name}/nhwc"
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name == input_name:
+                node.input[i] = inner
+    inp = next(i for i in model.graph.input if i.name == input_name)
+    dims = list(inp.type.tensor_type.shape.dim)
+    nchw = [dims[0], dims[3], dims[1], dims[2]]
+    copies = [onnx.TensorShapeProto.Dimension() for _ in nchw]
+    for new, old in zip(copies, nchw):
+        new.CopyFrom(old)
+    del inp.type.tensor_type.shape.dim[:]
+    inp.type.tensor_type.shape.dim.extend(copies)
+    model.graph.node.insert(0, onnx.helper.make_node("Transpose", [input_name], [inner],
+                                                     name="osal/nhwc_input", perm=[0, 2, 3, 1]))
+    return model
+
+
+def canonicalize(source: ModelSource, layout: str = "NCHW") -> CanonicalModel:
+    """load → softmax bypass → opset → names → constants → (NHWC input: transpose) → dynamic
+    batch → shapes → folding."""
+    if layout not in ("NCHW", "NHWC"):
+        raise ModelLoadError(f"layout must be 'NCHW' or 'NHWC', not {layout!r}.")
     model = load_model(source)
     try:
         onnx.checker.check_model(skeleton(model))
@@ -334,6 +358,8 @@ def canonicalize(source: ModelSource) -> CanonicalModel:
     model = name_nodes(model)
     model = constants_to_initializers(model)
     input_name = _image_input(model)
+    if layout == "NHWC":
+        model = channels_first_input(model, input_name)
     output_name = model.graph.output[0].name
     backup = onnx.ModelProto()
     backup.CopyFrom(model)

@@ -84,7 +84,7 @@ def _target(target: str, labels: list[str] | None):
 
 
 def _explain(model, files, methods, layers, target, out: Path, size, preset, batch_size,
-             providers=None, mean=None, std=None, labels=None):
+             providers=None, mean=None, std=None, labels=None, layout="NCHW"):
     from .viz import save_overlay
 
     meta = _metadata(model)
@@ -93,7 +93,8 @@ def _explain(model, files, methods, layers, target, out: Path, size, preset, bat
     mean, std = (np.asarray(v, np.float32)[:, None, None] for v in (mean, std))
     labels = labels or meta.get("labels")
     cls_target = _target(target, labels)
-    ex = Explainer(model, methods=methods, layers=layers or None, providers=providers)
+    ex = Explainer(model, methods=methods, layers=layers or None, providers=providers,
+                   layout=layout)
     size = size or meta.get("size")
     h, w = size if size else [d if isinstance(d, int) else 224 for d in ex.input_shape[2:]]
     out.mkdir(parents=True, exist_ok=True)
@@ -159,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--layer", action="append", default=None, help="layer for layer methods")
     exp.add_argument("--target", default="top1", help="'top1', a class index or a class label")
     exp.add_argument("--labels", default=None, help="class labels file, one per line")
+    exp.add_argument("--layout", choices=["NCHW", "NHWC"], default="NCHW",
+                     help="the model's input layout (images are given to it in that layout)")
     exp.add_argument("--mean", type=float, nargs="+", default=None, help="per-channel mean (0-1 scale)")
     exp.add_argument("--std", type=float, nargs="+", default=None, help="per-channel std (0-1 scale)")
     exp.add_argument("--out", default="saliency_out")
@@ -209,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise UsageError(f"cannot read labels file '{args.labels}': {exc}") from None
             _explain(args.model, _image_files(args.images), args.method or ["gradient"],
                      args.layer, args.target, Path(args.out), args.size, args.preset,
-                     args.batch_size, args.providers, args.mean, args.std, labels)
+                     args.batch_size, args.providers, args.mean, args.std, labels, args.layout)
     except UsageError as exc:
         print(f"onnx-saliency: error: {exc}", file=sys.stderr)
         return 2

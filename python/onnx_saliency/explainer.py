@@ -185,6 +185,8 @@ class Explainer:
     normalised and combined with `weights` ("uniform", "linear" w_l = l/L, or a list), named
     `<method>@combined`. `meta=True`: meta-saliency, the maps of the model after one SGD step
     (learning rate `meta_lr`) towards each image's target, computed in the same graph (meta.py).
+    `layout="NHWC"`: the model takes channels-last images; the explainer still takes and returns
+    NCHW images and [N,H,W] maps (a Transpose is put in front of the model).
     """
 
     def __init__(self, model: ModelSource, methods: Sequence[str | Method] | str = ("gradient",),
@@ -192,8 +194,8 @@ class Explainer:
                  providers: Sequence[str] | None = None, *, threads: int | None = None,
                  fused: bool | None = None, combine: str | None = None,
                  weights: str | Sequence[float] = "uniform", meta: bool = False,
-                 meta_lr: float = 2.5e-3):
-        self.canonical = canonicalize(model)
+                 meta_lr: float = 2.5e-3, layout: str = "NCHW"):
+        self.canonical = canonicalize(model, layout)
         if not np.isfinite(meta_lr) or meta_lr < 0:
             raise MethodError(f"meta_lr must be a non-negative number, not {meta_lr!r}.")
         self.meta, self.meta_lr = bool(meta), float(meta_lr)
