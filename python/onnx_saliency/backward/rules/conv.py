@@ -23,6 +23,19 @@ def _flipped_transposed(w: np.ndarray, group: int) -> np.ndarray:
     return np.ascontiguousarray(np.flip(wg, axis=tuple(range(2, 2 + len(k)))))
 
 
+def _transposed_in_graph(ctx: RuleContext, w: str, wshape: list, group: int) -> str:
+    """_flipped_transposed of a runtime 1×1 weight (no flip needed): per group swap in/out
+    channels. (A k×k runtime kernel goes through ConvTranspose: ORT's reversed Slice that the flip
+    needs costs more than it saves.)"""
+    b = ctx.b
+    m, cg = wshape[:2]
+    k = wshape[2:]
+    n = len(k)
+    grouped = b.op("Reshape", w, b.ints([group, m // group, cg] + k))
+    swapped = b.op("Transpose", grouped, perm=[0, 2, 1] + list(range(3, 3 + n)))
+    return b.op("Reshape", swapped, b.ints([group * cg, m // group] + k))
+
+
 def conv(ctx: RuleContext, node, grads):
     g = grads[0]
     x, w = node.input[0], node.input[1]
@@ -42,8 +55,13 @@ def conv(ctx: RuleContext, node, grads):
     weights = ctx.index.const(w)
     pads_t = [d * (k - 1) - p for d, k, p in
               zip(geo["dilations"] * 2, kernel * 2, geo["pads"])]
-    if weights is not None and all(s == 1 for s in geo["strides"]) and min(pads_t) >= 0:
-        w_t = ctx.b.const(_flipped_transposed(weights, group), weights.dtype)
+    pointwise = all(k == 1 for k in kernel)
+    if all(s == 1 for s in geo["strides"]) and min(pads_t) >= 0 and (weights is not None
+                                                                      or pointwise):
+        if weights is not None:
+            w_t = ctx.b.const(_flipped_transposed(weights, group), weights.dtype)
+        else:  # runtime 1×1 weights (meta-saliency's stepped copy): the transpose in-graph
+            w_t = _transposed_in_graph(ctx, w, list(wshape), group)
         result[0] = ctx.b.op("Conv", g, w_t, group=group, pads=pads_t,
                              dilations=geo["dilations"], kernel_shape=kernel)
         return result
