@@ -241,3 +241,27 @@ def test_fused_and_portable_graphs_agree(name, tmp_path):
     model = onnx.load(tmp_path / "fused.onnx")
     assert any(o.domain == "ai.onnx_saliency" for o in model.opset_import)
     onnx.checker.check_model(model)   # custom domains are tolerated by the checker
+
+
+def test_normgrad_conv_of_a_depthwise_conv(tmp_path):
+    """Grouped convs: the weight gradient is block-diagonal, so the map is
+    sqrt(Σ_j ‖g_j‖² ‖P(a_j)‖²); mobilenet_v2's depthwise 3×3 against unfold (BN is folded into
+    the ONNX conv, so g is taken at the torch BN's output)."""
+    import torch
+    import torch.nn.functional as F
+    path = tmp_path / "mnv2.onnx"
+    model = export_torchvision("mobilenet_v2", path, 64)
+    block = model.features[2].conv
+    conv, bn = block[1][0], block[1][1]
+    assert conv.groups == conv.in_channels > 1
+    x, target = _images(2, 64, seed=8), [3, 1]
+    maps = osal.Explainer(path, methods=[methods.NormGradConv(at="features.2.conv.1.0")]
+                          ).explain(x, target)
+    a, _ = _torch_signals(model, conv, x, target, take_input=True)
+    model.zero_grad()
+    _, g = _torch_signals(model, bn, x, target)
+    n, c, ho, wo = g.shape
+    patches = F.unfold(torch.tensor(a), conv.kernel_size, padding=conv.padding,
+                       stride=conv.stride).numpy().reshape(n, c, -1, ho * wo)
+    ref = np.sqrt(((g.reshape(n, c, -1) ** 2) * (patches ** 2).sum(2)).sum(1)).reshape(n, ho, wo)
+    _close(maps["normgrad_conv@features.2.conv.1.0"], _upsample(ref, 64))

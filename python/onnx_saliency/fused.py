@@ -79,8 +79,8 @@ def rectified_conv_transpose(ctx, g: str, z: str, a: str, kernel: Sequence[int],
         s = b.reduce("ReduceSum", b.op("Mul", g, z), [1])
         abs_sum = b.reduce("ReduceSum", b.op("Abs", a), [1])
     else:  # sum within each group: [N, G·m, H, W] -> [N, G, m, H·W] -> [N, G, H, W]
-        s = _group_sum(b, b.op("Mul", g, z), group, z)
-        abs_sum = _group_sum(b, b.op("Abs", a), group, a)
+        s = group_sum(b, b.op("Mul", g, z), group, z)
+        abs_sum = group_sum(b, b.op("Abs", a), group, a)
     d = b.op("Conv", abs_sum, ones, group=group, **geo)
     ratio = b.op("Div", s, b.op("Add", d, b.const(np.float32(epsilon))))
     spread = conv_transpose_to(ctx, ratio, z, ones, a, kernel, strides, pads, dilations, group)
@@ -98,6 +98,6 @@ def _grouped_shape(b: GraphBuilder, group: int, like: str) -> str:
                 axis=0)
 
 
-def _group_sum(b: GraphBuilder, x: str, group: int, like: str) -> str:
+def group_sum(b: GraphBuilder, x: str, group: int, like: str) -> str:
     grouped = b.op("Reshape", x, _grouped_shape(b, group, like))
     return b.reduce("ReduceSum", grouped, [2], keepdims=False)

@@ -10,6 +10,7 @@ is read off and aggregated over its entries:
 | identity3x3   | g_u vec(P_3(x)_u)ᵀ    (3×3 identity conv) | x, stride 1, pad 1               |
 | conv          | g_v vec(P_k(a)_v)ᵀ    (the real conv)     | the conv named: g at its output, |
 |               |                                          | a its input, its own geometry    |
+|               | (grouped: one block per group; l2 only)  |                                  |
 
 aggregate: sum Σ; max; max_abs max|·|; l2 (Frobenius); pos_l2 ‖max(·, 0)‖ ("F+N").
 For the outer-product terms g pᵀ the aggregates factor: sum = Σg·Σp, l2 = ‖g‖‖p‖,
@@ -130,6 +131,12 @@ def extraction_map(b: GraphBuilder, x: str, g: str, extract: str, how: str) -> s
         a, geo = x, dict(kernel=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1])
     else:
         a, geo = _conv_input_and_geometry(b, x)
+        group = geo.pop("group")
+        if group > 1:
+            if how != "l2":
+                raise MethodError(f"The 'conv' extraction of a grouped conv supports aggregate "
+                                  f"'l2' (NormGrad), not {how!r}.")
+            return _grouped_conv_norm(b, g, a, geo, group)
     if how == "l2":
         mode = "identity" if extract == "identity" else "conv"
         return fused.normgrad(b, g, a, mode, **geo)
@@ -142,15 +149,24 @@ def _conv_input_and_geometry(b: GraphBuilder, x: str) -> tuple[str, dict]:
         what = f"op {node.op_type}" if node is not None else "a graph input"
         raise MethodError(f"The 'conv' extraction needs a convolution layer, but '{x}' is the "
                           f"output of {what}; name a Conv layer (see list_layers).")
-    if attrs_of(node).get("group", 1) != 1:
-        raise MethodError(f"The 'conv' extraction supports group = 1 convolutions; '{node.name}' "
-                          "is grouped. Use extract='identity' at its output instead.")
     wshape = b.index.shapes.get(node.input[1])
     if wshape is None or len(wshape) != 4:
         raise MethodError(f"The 'conv' extraction needs a 2-D Conv; '{node.name}' is not.")
     kernel = list(wshape[2:])
     geo = conv_geometry(RuleContext(b, b.index), node, node.input[0], kernel)
-    return node.input[0], dict(kernel=kernel, **geo)
+    return node.input[0], dict(kernel=kernel, group=attrs_of(node).get("group", 1), **geo)
+
+
+def _grouped_conv_norm(b: GraphBuilder, g: str, a: str, geo: dict, group: int) -> str:
+    """‖dW_v‖_F of a grouped conv: its weight gradient is block-diagonal, one block g_j P(a_j)ᵀ per
+    group j, so the norm is sqrt(Σ_j ‖g_j,v‖² ‖P(a_j)_v‖²) (portable ops only)."""
+    g_sq = fused.group_sum(b, b.op("Mul", g, g), group, g)   # [N, G, Ho, Wo]
+    a_sq = fused.group_sum(b, b.op("Mul", a, a), group, a)   # [N, G, H, W]
+    ones = b.const(np.ones([group, 1] + list(geo["kernel"]), np.float32))
+    patch_sq = b.op("Conv", a_sq, ones, group=group, kernel_shape=list(geo["kernel"]),
+                    strides=list(geo["strides"]), pads=list(geo["pads"]),
+                    dilations=list(geo["dilations"]))
+    return b.op("Sqrt", b.reduce("ReduceSum", b.op("Mul", g_sq, patch_sq), [1], keepdims=True))
 
 
 def _box(b: GraphBuilder, t: str, geo: dict) -> str:
