@@ -96,7 +96,7 @@ def main():
                     t_c = median_time(lambda: captum_fn(model, xt.clone()), args.repeat)
                     captum = f"{t_c / t_torch[batch]:.2f}×"
                 rows.append((batch, f"| {name} | {batch} | {key} | {t / t_fwd[batch]:.2f}× | {captum} |"))
-            del ex
+            ex = None  # one explainer alive at a time
         for _, row in sorted(rows, key=lambda r: r[0]):
             print(row, flush=True)
         print(f"\n{name}: explainer graph built in {build:.2f} s\n", flush=True)

@@ -4,8 +4,6 @@ equations in METHODS.md §1 (tolerance 1e-4 of the map's peak)."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
-from onnx import TensorProto, helper
 
 import onnx_saliency as osal
 from onnx_saliency import methods

@@ -139,7 +139,6 @@ def test_every_framework_row_matches_explicit_matrices(extract, k, tmp_path):
     layer = "/1/Relu_output_0"   # first ReLU: input resolution
     x, target = _images(2, 9, seed=2), [1, 4]
     graph = osal.backward_graph(path, [layer])
-    import onnx
     from onnx import TensorProto, helper
     graph.graph.output.append(helper.make_tensor_value_info(layer, TensorProto.FLOAT, None))
     from onnx_saliency.runtime import make_session

@@ -9,7 +9,6 @@ amplifies last-bit differences of the two engines a little more than the plain g
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper
 from scipy.stats import spearmanr

@@ -15,10 +15,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ...graph import attrs_of
 from ..context import RuleContext
-from . import activations, conv as conv_rules, elementwise, linear, pooling
-from .tsgb import _tsgb_fc_nodes
+from . import conv as conv_rules, elementwise, linear, pooling
+from .tsgb import selected_fc_nodes
 
 
 def _ratio(ctx: RuleContext, p: str, z: str) -> str:
@@ -54,7 +53,7 @@ def _linear(ctx: RuleContext, node, grads, backward_rule):
         return result
     b, x = ctx.b, node.input[0]
     negate = (ctx.options.get("negate_last_fc") and node.op_type in ("Gemm", "MatMul")
-              and node.name in _tsgb_fc_nodes(ctx))
+              and node.name in selected_fc_nodes(ctx))
     w_pos = _positive_weight(ctx, node, negate)
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     if node.op_type == "Gemm":

@@ -33,7 +33,7 @@ def mul(ctx, node, grads):
 
 
 def div(ctx, node, grads):
-    g, (a, b), y = grads[0], node.input, node.output[0]
+    g, b, y = grads[0], node.input[1], node.output[0]
     return _each(ctx, node, [
         lambda: ctx.b.op("Div", g, b),
         lambda: ctx.b.op("Neg", ctx.b.op("Div", ctx.b.op("Mul", g, y), b))])

@@ -78,10 +78,10 @@ def _is_fc(ctx: RuleContext, node) -> bool:
     return w is not None and w.ndim == 2
 
 
-def _tsgb_fc_nodes(ctx: RuleContext) -> set[str]:
+def selected_fc_nodes(ctx: RuleContext) -> set[str]:
     """Names of the FC nodes that get TSGB-FC: the last ones on every path, or all."""
-    if "_tsgb_fc_nodes" in ctx.options:
-        return ctx.options["_tsgb_fc_nodes"]
+    if "_selected_fc_nodes" in ctx.options:
+        return ctx.options["_selected_fc_nodes"]
     fcs = [n for n in ctx.index.nodes if n.op_type in ("Gemm", "MatMul") and _is_fc(ctx, n)]
     if ctx.options.get("fc", "last") == "all":
         chosen = {n.name for n in fcs}
@@ -95,7 +95,7 @@ def _tsgb_fc_nodes(ctx: RuleContext) -> set[str]:
                 chosen.add(n.name)
             for i in n.input:
                 fc_below[i] = fc_below.get(i, False) or below or n.name in fc_names
-    ctx.options["_tsgb_fc_nodes"] = chosen
+    ctx.options["_selected_fc_nodes"] = chosen
     return chosen
 
 
@@ -115,7 +115,7 @@ def _weight_matrix(ctx: RuleContext, node) -> np.ndarray | None:
 
 def fully_connected(ctx: RuleContext, node, grads):
     plain = linear.RULES[node.op_type]
-    if node.name not in _tsgb_fc_nodes(ctx) or not ctx.wants(node, 0):
+    if node.name not in selected_fc_nodes(ctx) or not ctx.wants(node, 0):
         return plain(ctx, node, grads)
     w = _weight_matrix(ctx, node)
     if w is None or ctx.wants(node, 1):
