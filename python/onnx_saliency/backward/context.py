@@ -114,6 +114,16 @@ def conv_geometry(ctx: RuleContext, node: onnx.NodeProto, x: str,
     return {"strides": strides, "pads": pads, "dilations": dilations}
 
 
+def conv_params(ctx: RuleContext, node: onnx.NodeProto) -> tuple[list[int], dict, int]:
+    """(kernel, geometry, group) of a Conv node: its weight's spatial shape, conv_geometry of its
+    input, its group; an unknown weight shape is unsupported."""
+    wshape = ctx.index.shapes.get(node.input[1])
+    if wshape is None or not all(isinstance(d, int) for d in wshape):
+        raise ctx.unsupported(node, "has a weight of unknown shape")
+    kernel = list(wshape[2:])
+    return kernel, conv_geometry(ctx, node, node.input[0], kernel), attrs_of(node).get("group", 1)
+
+
 def conv_transpose_to(ctx: RuleContext, g: str, out: str, w: str, like: str,
                       kernel: Sequence[int],
                       strides: Sequence[int], pads: Sequence[int], dilations: Sequence[int],

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import fused
-from ..backward.context import RuleContext, conv_geometry
+from ..backward.context import RuleContext, conv_params
 from ..errors import MethodError
-from ..graph import GraphBuilder, attrs_of
+from ..graph import GraphBuilder
 from .base import Method
 from .heads import AGGREGATIONS, aggregate
 
@@ -149,12 +149,10 @@ def _conv_input_and_geometry(b: GraphBuilder, x: str) -> tuple[str, dict]:
         what = f"op {node.op_type}" if node is not None else "a graph input"
         raise MethodError(f"The 'conv' extraction needs a convolution layer, but '{x}' is the "
                           f"output of {what}; name a Conv layer (see list_layers).")
-    wshape = b.index.shapes.get(node.input[1])
-    if wshape is None or len(wshape) != 4:
+    kernel, geo, group = conv_params(RuleContext(b, b.index), node)
+    if len(kernel) != 2:
         raise MethodError(f"The 'conv' extraction needs a 2-D Conv; '{node.name}' is not.")
-    kernel = list(wshape[2:])
-    geo = conv_geometry(RuleContext(b, b.index), node, node.input[0], kernel)
-    return node.input[0], dict(kernel=kernel, group=attrs_of(node).get("group", 1), **geo)
+    return node.input[0], dict(kernel=kernel, group=group, **geo)
 
 
 def _grouped_conv_norm(b: GraphBuilder, g: str, a: str, geo: dict, group: int) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..context import RuleContext, conv_geometry, conv_transpose_to
+from ..context import RuleContext, conv_params, conv_transpose_to
 
 
 def _flipped_transposed(w: np.ndarray, group: int) -> np.ndarray:
@@ -40,12 +40,8 @@ def conv(ctx: RuleContext, node, grads):
     g = grads[0]
     x, w = node.input[0], node.input[1]
     result = [None] * len(node.input)
-    wshape = ctx.index.shapes.get(w)
-    if wshape is None or not all(isinstance(d, int) for d in wshape):
-        raise ctx.unsupported(node, "has a weight of unknown shape")
-    kernel = list(wshape[2:])
-    geo = conv_geometry(ctx, node, x, kernel)
-    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    kernel, geo, group = conv_params(ctx, node)
+    wshape = list(ctx.index.shapes[w])
     if ctx.wants(node, 1):
         result[1] = weight_gradient(ctx, g, x, node.output[0], list(wshape), geo, group)
     if ctx.wants(node, 2):

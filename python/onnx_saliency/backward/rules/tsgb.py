@@ -19,7 +19,7 @@ import numpy as np
 
 from ... import fused
 from ...graph import attrs_of
-from ..context import RuleContext, conv_geometry
+from ..context import RuleContext, conv_params
 from . import activations, linear
 
 EPS = 1e-10
@@ -48,13 +48,9 @@ def conv(ctx: RuleContext, node, grads):
                               "weights are supported")
     if not ctx.wants(node, 0):
         return result
-    wshape = ctx.index.shapes.get(node.input[1])
-    if wshape is None or len(wshape) != 4 or not all(isinstance(d, int) for d in wshape[2:]):
-        raise ctx.unsupported(node, "is not a 2-D convolution of known kernel size; TSGB-Conv "
-                              "covers 2-D convolutions")
-    kernel = list(wshape[2:])
-    geo = conv_geometry(ctx, node, node.input[0], kernel)
-    group = attrs_of(node).get("group", 1)
+    kernel, geo, group = conv_params(ctx, node)
+    if len(kernel) != 2:
+        raise ctx.unsupported(node, "is not a 2-D convolution; TSGB-Conv covers 2-D convolutions")
     relu_node = _relu_after(ctx, node.output[0])
     z = relu_node.output[0] if relu_node is not None else node.output[0]
     result[0] = fused.rectified_conv_transpose(
