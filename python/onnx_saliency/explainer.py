@@ -16,7 +16,9 @@ import onnx
 from onnx import TensorProto, helper
 
 from . import methods as methods_mod
+from .backward.context import RuleContext
 from .backward.rules import RULE_TABLES
+from .backward.rules.tsgb import selected_fc_nodes
 from .backward.walk import backward
 from .canonical import BATCH, CanonicalModel, ModelSource, canonicalize
 from . import fused as fused_ops
@@ -89,10 +91,10 @@ class _Assembly:
         if rule not in RULE_TABLES:
             raise MethodError(f"Unknown backward rule '{rule}'; available: {', '.join(RULE_TABLES)}.")
         options = dict(options or {})
-        seeds = {self.logits: self.seed}
         if rule == "cebp":
             return self._contrastive(wrt, options)
-        return backward(self.b, self.index, RULE_TABLES[rule], seeds, wrt, options)
+        return backward(self.b, self.index, RULE_TABLES[rule], {self.logits: self.seed}, wrt,
+                        options)
 
     def _contrastive(self, wrt: Iterable[str], options: dict) -> dict[str, str | None]:
         """c-EBP: (p⁺ − p⁻) at the contrast layer, p⁻ from the negated classifier, then the EBP
@@ -114,8 +116,9 @@ class _Assembly:
     def _contrast_tensor(self, label: str | None) -> str:
         if label is not None:
             return LayerNames(self.index, self.canon.input_name).resolve(label)
-        fcs = [n for n in self.index.nodes if n.op_type in ("Gemm", "MatMul")
-               and self.index.const(n.input[1]) is not None]
+        # the input of the classifier that the contrastive pass negates (rules/ebp.py)
+        classifier = selected_fc_nodes(RuleContext(self.b, self.index))
+        fcs = [n for n in self.index.nodes if n.name in classifier]
         if not fcs:
             raise MethodError("cebp needs a fully-connected classifier to contrast; give "
                               "ContrastiveEBP(contrast=<layer>) explicitly.")
