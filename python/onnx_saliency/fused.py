@@ -22,7 +22,6 @@ import numpy as np
 from .graph import GraphBuilder
 
 DOMAIN = "ai.onnx_saliency"
-MODES = ("identity", "conv", "selective")
 
 
 def library_path() -> str | None:

@@ -11,11 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import softmax
 from scipy.stats import spearmanr
 
 from .errors import MethodError
 
 OFFSET = 1e-6
+
+
+def class_scores(logits: np.ndarray) -> np.ndarray:
+    """[N, K] class scores: the logits, summed over space for fully-convolutional outputs (the
+    same reduction the explainer's seed uses)."""
+    return logits.reshape(len(logits), logits.shape[1], -1).sum(-1) if logits.ndim > 2 else logits
 
 
 @dataclass(frozen=True)
@@ -40,8 +47,7 @@ def class_sensitivity(explainer, images: np.ndarray, key: str | None = None,
     rhos = []
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size]
-        logits = explainer.run(x, None)["logits"]
-        scores = logits.reshape(len(x), logits.shape[1], -1).sum(-1) if logits.ndim > 2 else logits
+        scores = class_scores(explainer.run(x, None)["logits"])
         hi = explainer.explain(x, scores.argmax(1))[key]
         lo = explainer.explain(x, scores.argmin(1))[key]
         for a, b in zip(hi, lo):
@@ -131,10 +137,8 @@ def deletion_insertion(explainer, images: np.ndarray, maps: np.ndarray, target,
         frames = np.stack(frames).astype(np.float32)
         probs = []
         for s in range(0, len(frames), batch_size):
-            logits = session.run(None, {name: frames[s:s + batch_size]})[0]
-            logits = logits.reshape(len(logits), logits.shape[1], -1).sum(-1) if logits.ndim > 2 else logits
-            e = np.exp(logits - logits.max(1, keepdims=True))
-            probs.append((e / e.sum(1, keepdims=True))[:, targets[i]])
+            scores = class_scores(session.run(None, {name: frames[s:s + batch_size]})[0])
+            probs.append(softmax(scores, axis=1)[:, targets[i]])
         curve = np.concatenate(probs)
         aucs[i] = float(np.sum((curve[1:] + curve[:-1]) / 2) / steps)
     return aucs
@@ -167,8 +171,9 @@ def randomization_check(model, images: np.ndarray, method="gradient", target=Non
     base = load_model(model)
     reference = Explainer(base, methods=[method], **explainer_kwargs)
     key = reference.map_names[0]
-    targets = reference.run(images, target)["logits"].argmax(1) if target is None else target
-    original = reference.explain(images, targets)[key]
+    first = reference.run(images, target)          # target None: each image's top-1, in-graph
+    original = first[key]
+    targets = class_scores(first["logits"]).argmax(1) if target is None else target
     index = GraphIndex(base)
     layers = [n for n in index.nodes if n.op_type in ("Conv", "Gemm", "MatMul")
               and len(n.input) > 1 and n.input[1] in index.initializers]

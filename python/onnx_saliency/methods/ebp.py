@@ -5,13 +5,14 @@ cebp: contrastive: p⁺ from the classifier, p⁻ from the classifier with negat
       the contrast layer (the last fully-connected layer's input: VGG16 relu7, ResNet50's pooled
       layer4), their difference walked on to the layer with the EBP rules; map ReLU(Σ_c p).
 Default layers (METHODS.md): VGG16 features.23 (pool4), ResNet50 layer3; other networks: the
-spatial tensor before the last stage's downsampling when one is found, else the general default.
+general default (the last spatial tensor before global pooling).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import LayerNotFoundError
 from .base import Method
 from .heads import aggregate
 
@@ -19,13 +20,13 @@ KNOWN_DEFAULTS = ("layer3", "features.23")
 
 
 def _default_tap(index, image):
-    """layer3 / features.23 by module path, else the input of the last spatial downsampling."""
+    """layer3 / features.23 by module path, else None (the explainer's general default)."""
     from ..layers import LayerNames
     names = LayerNames(index, image)
     for label in KNOWN_DEFAULTS:
         try:
             return names.resolve(label)
-        except Exception:  # noqa: BLE001 - not this architecture
+        except LayerNotFoundError:   # not this architecture
             continue
     return None
 

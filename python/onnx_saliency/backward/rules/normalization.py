@@ -24,9 +24,8 @@ def batch_norm(ctx: RuleContext, node, grads):
     axes = [0] + list(range(2, rank))
     if ctx.wants(node, 1):
         std = b.op("Sqrt", b.op("Add", node.input[4], b.const(np.float32(eps))))
-        shape = list(range(0, 1)) + list(range(2, rank))
-        centred = b.op("Sub", x, b.unsqueeze(node.input[3], shape))
-        x_hat = b.op("Div", centred, b.unsqueeze(std, shape))
+        centred = b.op("Sub", x, b.unsqueeze(node.input[3], axes))   # per-channel -> [1,C,1,…]
+        x_hat = b.op("Div", centred, b.unsqueeze(std, axes))
         result[1] = b.reduce("ReduceSum", b.op("Mul", grads[0], x_hat), axes, False)
     if ctx.wants(node, 2):
         result[2] = b.reduce("ReduceSum", grads[0], axes, False)
