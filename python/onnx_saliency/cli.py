@@ -56,12 +56,8 @@ def _image_files(items: list[str]) -> list[Path]:
     return files
 
 
-def _metadata(model) -> dict:
+def _metadata(proto) -> dict:
     """The model's metadata_props whose keys start with onnx_saliency. (JSON values)."""
-    import onnx
-
-    from .canonical import load_model
-    proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
     out = {}
     for prop in proto.metadata_props:
         if prop.key.startswith("onnx_saliency."):
@@ -87,13 +83,16 @@ def _explain(model, files, methods, layers, target, out: Path, size, preset, bat
              providers=None, mean=None, std=None, labels=None, layout="NCHW"):
     from .viz import save_overlay
 
-    meta = _metadata(model)
+    from .canonical import load_model
+
+    proto = load_model(model)        # read once: metadata here, the graph for the Explainer
+    meta = _metadata(proto)
     mean = mean or meta.get("mean") or PRESETS[preset][0]
     std = std or meta.get("std") or PRESETS[preset][1]
     mean, std = (np.asarray(v, np.float32)[:, None, None] for v in (mean, std))
     labels = labels or meta.get("labels")
     cls_target = _target(target, labels)
-    ex = Explainer(model, methods=methods, layers=layers or None, providers=providers,
+    ex = Explainer(proto, methods=methods, layers=layers or None, providers=providers,
                    layout=layout)
     size = size or meta.get("size")
     h, w = size if size else [d if isinstance(d, int) else 224 for d in ex.input_shape[2:]]
