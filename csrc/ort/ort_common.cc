@@ -8,59 +8,44 @@
 
 namespace onnx_saliency::ort {
 
+namespace {
+
+// True when the C API call succeeded; a failure status (the attribute is absent) is released.
+bool ok(OrtStatus* status) {
+  if (status == nullptr) return true;
+  Ort::GetApi().ReleaseStatus(status);
+  return false;
+}
+
+}  // namespace
+
 std::vector<int64_t> ints_attr(const OrtKernelInfo* info, const char* name,
                                std::vector<int64_t> fallback) {
   const OrtApi& api = Ort::GetApi();
   size_t size = 0;
-  OrtStatus* st = api.KernelInfoGetAttributeArray_int64(info, name, nullptr, &size);
-  if (st != nullptr) {
-    api.ReleaseStatus(st);
-    return fallback;
-  }
+  if (!ok(api.KernelInfoGetAttributeArray_int64(info, name, nullptr, &size))) return fallback;
   std::vector<int64_t> out(size);
   if (size == 0) return out;
-  st = api.KernelInfoGetAttributeArray_int64(info, name, out.data(), &size);
-  if (st != nullptr) {
-    api.ReleaseStatus(st);
-    return fallback;
-  }
+  if (!ok(api.KernelInfoGetAttributeArray_int64(info, name, out.data(), &size))) return fallback;
   return out;
 }
 
 int64_t int_attr(const OrtKernelInfo* info, const char* name, int64_t fallback) {
   int64_t value = fallback;
-  OrtStatus* st = Ort::GetApi().KernelInfoGetAttribute_int64(info, name, &value);
-  if (st != nullptr) {
-    Ort::GetApi().ReleaseStatus(st);
-    return fallback;
-  }
-  return value;
+  return ok(Ort::GetApi().KernelInfoGetAttribute_int64(info, name, &value)) ? value : fallback;
 }
 
 float float_attr(const OrtKernelInfo* info, const char* name, float fallback) {
   float value = fallback;
-  OrtStatus* st = Ort::GetApi().KernelInfoGetAttribute_float(info, name, &value);
-  if (st != nullptr) {
-    Ort::GetApi().ReleaseStatus(st);
-    return fallback;
-  }
-  return value;
+  return ok(Ort::GetApi().KernelInfoGetAttribute_float(info, name, &value)) ? value : fallback;
 }
 
 std::string string_attr(const OrtKernelInfo* info, const char* name, std::string fallback) {
   const OrtApi& api = Ort::GetApi();
   size_t size = 0;
-  OrtStatus* st = api.KernelInfoGetAttribute_string(info, name, nullptr, &size);
-  if (st != nullptr) {
-    api.ReleaseStatus(st);
-    return fallback;
-  }
+  if (!ok(api.KernelInfoGetAttribute_string(info, name, nullptr, &size))) return fallback;
   std::string out(size, '\0');
-  st = api.KernelInfoGetAttribute_string(info, name, out.data(), &size);
-  if (st != nullptr) {
-    api.ReleaseStatus(st);
-    return fallback;
-  }
+  if (!ok(api.KernelInfoGetAttribute_string(info, name, out.data(), &size))) return fallback;
   out.resize(size > 0 ? size - 1 : 0);  // size counts the terminating NUL
   return out;
 }
