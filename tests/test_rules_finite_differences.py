@@ -58,3 +58,27 @@ def test_fixture_files_are_regenerated_identically(tmp_path):
         committed = make_graphs.HERE / f"{name}.onnx"
         assert committed.read_bytes() == (tmp_path / f"{name}.onnx").read_bytes(), name
         assert committed.stat().st_size < 1_000_000
+
+
+def test_relu_mask_is_exact_for_tiny_and_huge_activations():
+    """The 4-D ReLU mask, Clip(2^127·y, 0, 1) as a depthwise Conv, is exactly 1[x > 0] at the
+    smallest normal float, at 0 and −0, and where 2^127·y overflows (no finite differences can
+    see that: the reference is the mask itself)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    tiny = np.finfo(np.float32).tiny                       # 2^-126
+    row = np.array([tiny, 1.5 * tiny, 1e-30, 0.0, -0.0, -1e-30, 1e30, 3e38], np.float32)
+    x = np.stack([row, -row[::-1]])[None, :, None, :]       # [1, 2, 1, 8]
+    w = np.array([[2.0, -3.0], [0.5, 0.25], [1.0, 1.0]], np.float32)[:, :, None, None]
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Conv", ["r", "w"], ["c"]),
+             helper.make_node("GlobalAveragePool", ["c"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["logits"])]
+    graph = helper.make_graph(
+        nodes, "relu_mask", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 1, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    for t in range(3):
+        grad = _grad(model, x, np.array([t], np.int64))
+        expected = (x > 0) * w[t, :, 0, 0][None, :, None, None] / 8
+        np.testing.assert_array_equal(grad, expected.astype(np.float32))

@@ -25,7 +25,7 @@ from . import fused as fused_ops
 from . import meta
 from .combine import combination
 from .errors import LayerNotFoundError, MethodError, SaliencyError
-from .graph import GraphBuilder, GraphIndex
+from .graph import GraphBuilder, GraphIndex, interleave_early
 from .layers import LayerNames, default_layer
 from .methods.base import Method
 from .runtime import TargetLike, check_images, check_targets, make_session
@@ -51,7 +51,7 @@ def seed_from_target(b: GraphBuilder, index: GraphIndex, logits: str) -> str:
     onehot = b.op("OneHot", target, depth, b.const([0.0, 1.0]), axis=-1)
     if rank == 2:
         return onehot
-    return b.op("Expand", b.unsqueeze(onehot, list(range(2, rank))), b.shape(logits))
+    return b.op("Expand", b.unsqueeze(onehot, list(range(2, rank))), b.shape_of(logits, logits, 1))
 
 
 class _Assembly:
@@ -128,8 +128,10 @@ class _Assembly:
                metadata: dict | None = None) -> onnx.ModelProto:
         """outputs: (output name, tensor, rank); the batch dim of each is symbolic."""
         graph = self.model.graph
-        graph.node.extend(self.b.nodes)
         graph.initializer.extend(self.b.initializers)
+        nodes = interleave_early(graph, self.b.nodes)
+        del graph.node[:]
+        graph.node.extend(nodes)
         graph.input.append(helper.make_tensor_value_info(TARGET, TensorProto.INT64, [BATCH]))
         if not keep_logits:
             del graph.output[:]

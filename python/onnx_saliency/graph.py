@@ -203,6 +203,18 @@ class GraphBuilder:
             return full
         return self.op("Slice", full, self.ints([start or 0]), self.ints([end if end is not None else 2**62]))
 
+    def shape_of(self, x: str, source: str, fill: int) -> str:
+        """x's shape as the shape input of a Reshape (fill=0) or Expand (fill=1) whose data is
+        shaped like `source`. When x's dims past the first are static and its first dim is
+        `source`'s (the batch), a constant with `fill` first: shape inference then keeps the
+        batch symbol (ONNX Runtime needs it to keep backward tensors in its blocked layout).
+        Else Shape(x) at run time."""
+        shape, src = self.index.shapes.get(x), self.index.shapes.get(source)
+        if (shape and src and shape[0] is not None and shape[0] == src[0]
+                and all(isinstance(d, int) for d in shape[1:])):
+            return self.ints([fill, *shape[1:]])
+        return self.shape(x)
+
     def zeros_like(self, x: str) -> str:
         return self.op("Mul", x, self.const(0.0))
 
@@ -216,3 +228,47 @@ class GraphBuilder:
         sizes = self.op("Concat", self.shape(x, 0, 2), self.shape(like, 2, 4), axis=0)
         return self.op("Resize", x, "", "", sizes, mode="linear",
                        coordinate_transformation_mode="half_pixel")
+
+
+def interleave_early(graph: onnx.GraphProto, added: Sequence[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """graph's nodes with `added` merged in: each added node goes right after the node that makes
+    the last of its inputs (its order among the added nodes kept), so backward nodes that read
+    only forward tensors (ReLU masks, TSGB denominators) run beside the forward pass.
+
+    ONNX Runtime runs nodes in this order where it can, and lets a node overwrite an input in
+    place only when it is that input's last reader: a mask read off an activation early leaves
+    the residual Add (fused into the next Conv) the activation's last reader, as in the plain
+    forward pass; read at the end of the graph, every such Add first copies the activation."""
+    made = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    missing = [sum(1 for i in node.input if i not in made) for node in added]
+    waiting: dict[str, list[int]] = defaultdict(list)
+    for k, node in enumerate(added):
+        for i in set(node.input) - made:
+            waiting[i].append(k)
+    out: list[onnx.NodeProto] = []
+    placed = [False] * len(added)
+
+    def place(node: onnx.NodeProto) -> list[int]:
+        out.append(node)
+        ready = []
+        for o in node.output:
+            for k in waiting.pop(o, []):
+                missing[k] -= 1
+                if missing[k] == 0:
+                    ready.append(k)
+        return ready
+
+    def place_ready(ready: list[int]) -> None:
+        ready = sorted(ready)
+        while ready:
+            k = ready.pop(0)
+            placed[k] = True
+            ready = sorted(ready + place(added[k]))
+
+    place_ready([k for k, m in enumerate(missing) if m == 0])
+    for node in graph.node:
+        place_ready(place(node))
+    for k, node in enumerate(added):
+        if not placed[k]:
+            out.append(node)
+    return out

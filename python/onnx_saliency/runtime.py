@@ -39,6 +39,9 @@ def make_session(model: onnx.ModelProto, providers: Sequence[str] | None = None,
         opts.register_custom_ops_library(library)
     if threads:
         opts.intra_op_num_threads = threads
+    # run the nodes in the graph's order where dependencies allow (interleave_early puts the
+    # backward nodes that read only forward tensors beside the forward pass)
+    opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     return ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
 
 

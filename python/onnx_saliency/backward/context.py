@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+import numpy as np
 import onnx
 
 from ..errors import UnsupportedOpError
@@ -122,6 +123,22 @@ def conv_params(ctx: RuleContext, node: onnx.NodeProto) -> tuple[list[int], dict
         raise ctx.unsupported(node, "has a weight of unknown shape")
     kernel = list(wshape[2:])
     return kernel, conv_geometry(ctx, node, node.input[0], kernel), attrs_of(node).get("group", 1)
+
+
+def to_blocked_layout(ctx: RuleContext, value: str, like: str) -> str:
+    """`value` (shaped like `like`) through a 1×1 depthwise identity Conv when `like` is
+    [N, C, H, W] with C a multiple of 16; else `value` itself.
+
+    ONNX Runtime's CPU provider keeps Conv outputs, and the Sums and Muls between them, in a
+    blocked (NCHWc) layout, but a ConvTranspose or custom op hands back plain NCHW, and one plain
+    addend pins a whole residual skip path of Sums and ReLU masks to NCHW, each reordered in and
+    out. The identity Conv takes such a tensor back into the blocked layout in one pass."""
+    shape = ctx.index.shapes.get(like)
+    if not shape or len(shape) != 4 or not isinstance(shape[1], int) or shape[1] % 16:
+        return value
+    c = shape[1]
+    ones = ctx.b.const(np.ones((c, 1, 1, 1), np.float32))
+    return ctx.b.op("Conv", value, ones, group=c, kernel_shape=[1, 1])
 
 
 def conv_transpose_to(ctx: RuleContext, g: str, out: str, w: str, like: str,

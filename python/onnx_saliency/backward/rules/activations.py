@@ -9,6 +9,8 @@ Softmax: y⊙(g − Σ g⊙y). LogSoftmax: g − exp(y)·Σ g.
 
 from __future__ import annotations
 
+import numpy as np
+
 from ...graph import attrs_of
 from ..context import RuleContext
 
@@ -21,12 +23,28 @@ def _positive(ctx: RuleContext, x: str) -> str:
     return ctx.b.op("Greater", x, ctx.b.const(0.0))
 
 
+# 2^127: times any positive normal float32 (≥ 2^-126) it is ≥ 2, so Clip(·, 0, 1) gives exactly 1
+_MASK_GAIN = np.float32(2.0 ** 127)
+
+
 def _relu_mask(ctx: RuleContext, node) -> str:
-    """1[x > 0] as floats, read off the output (y > 0 ⟺ x > 0). Reading y rather than x leaves
-    the conv output with one consumer, so ONNX Runtime can fuse Conv+ReLU in the forward; and
-    Cast(Greater) then Mul is ONNX Runtime's fastest masking (≈2× Sign·g, ≈4× Where on CPU)."""
-    positive = ctx.b.op("Greater", node.output[0], ctx.b.const(0.0))
-    return ctx.b.op("Cast", positive, to=ctx.index.types.get(node.output[0], 1))
+    """1[x > 0] as floats, read off the output y (y > 0 ⟺ x > 0; reading y leaves the conv
+    output one consumer, so ONNX Runtime fuses Conv+ReLU in the forward).
+
+    For [N, C, H, W] with known C: Clip(2^127·y, 0, 1) as a 1×1 depthwise Conv with a fused
+    Clip, exact for every normal float (y = 0 → 0, y ≥ 2^-126 → 1; the sessions flush
+    denormals). ONNX Runtime keeps that Conv, the mask and the Mul with g in its blocked layout
+    beside the backward convs; Cast(Greater(y, 0)) (the fallback) would pull each through a
+    reorder to NCHW and back."""
+    y = node.output[0]
+    shape = ctx.index.shapes.get(y)
+    if shape is not None and len(shape) == 4 and isinstance(shape[1], int):
+        c = shape[1]
+        gain = ctx.b.const(np.full((c, 1, 1, 1), _MASK_GAIN, np.float32))
+        scaled = ctx.b.op("Conv", y, gain, group=c, kernel_shape=[1, 1])
+        return ctx.b.op("Clip", scaled, ctx.b.const(0.0), ctx.b.const(1.0))
+    positive = ctx.b.op("Greater", y, ctx.b.const(0.0))
+    return ctx.b.op("Cast", positive, to=ctx.index.types.get(y, 1))
 
 
 def relu_gradient(ctx, node, grads):

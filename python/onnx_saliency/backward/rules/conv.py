@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..context import RuleContext, conv_params, conv_transpose_to
+from ..context import RuleContext, conv_params, conv_transpose_to, to_blocked_layout
 
 
 def _flipped_transposed(w: np.ndarray, group: int) -> np.ndarray:
@@ -63,6 +63,7 @@ def conv(ctx: RuleContext, node, grads):
         return result
     result[0] = conv_transpose_to(ctx, g, node.output[0], w, x, kernel, geo["strides"],
                                   geo["pads"], geo["dilations"], group)
+    result[0] = to_blocked_layout(ctx, result[0], x)
     return result
 
 

@@ -73,24 +73,37 @@ def _one():
     return numpy_helper.from_array(np.ones([1], np.float32))
 
 
-def _spread(ctx: RuleContext, g: str, x: str, mean_over: list[int] | None) -> str:
-    """Broadcast g back to x's shape, divided by the count of `mean_over` axes if given."""
+def _spread(ctx: RuleContext, g: str, x: str, over: list[int], mean: bool) -> str:
+    """Broadcast g (x's shape with the `over` axes at 1) back to x's shape, divided by the count
+    of the `over` axes for a mean."""
     b = ctx.b
-    out = b.op("Expand", g, b.shape(x))
-    if mean_over is None:
+    # with the batch axis kept, g's first dim is x's: the static-shape constant applies
+    shape = b.shape(x) if 0 in over else b.shape_of(x, x, fill=1)
+    out = b.op("Expand", g, shape)
+    if not mean:
         return out
     shape = ctx.index.shapes.get(x)
-    dims = [shape[i] for i in mean_over] if shape is not None else [None]
+    dims = [shape[i] for i in over] if shape is not None else [None]
     if all(isinstance(d, int) for d in dims):
         return b.op("Mul", out, b.const(1.0 / float(np.prod(dims))))
-    count = b.op("Cast", b.reduce("ReduceProd", b.op("Gather", b.shape(x), b.ints(mean_over)), [0]),
+    count = b.op("Cast", b.reduce("ReduceProd", b.op("Gather", b.shape(x), b.ints(over)), [0]),
                  to=1)
     return b.op("Div", out, count)
 
 
 def global_average_pool(ctx, node, grads):
-    rank = ctx.index.rank(node.input[0]) or 4
-    return [_spread(ctx, grads[0], node.input[0], list(range(2, rank)))]
+    x = node.input[0]
+    shape = ctx.index.shapes.get(x)
+    if shape is not None and len(shape) == 4 and all(isinstance(d, int) for d in shape[1:]):
+        # the same spread as one depthwise Conv of a constant H×W kernel 1/HW over g padded by
+        # (H−1, W−1): ONNX Runtime keeps a Conv's output in its blocked layout, so the whole
+        # backward downstream can stay there (an Expand would pin it to plain NCHW)
+        c, h, w = shape[1:]
+        kernel = ctx.b.const(np.full((c, 1, h, w), 1.0 / (h * w), np.float32))
+        return [ctx.b.op("Conv", grads[0], kernel, group=c, kernel_shape=[h, w],
+                         pads=[h - 1, w - 1, h - 1, w - 1])]
+    rank = ctx.index.rank(x) or 4
+    return [_spread(ctx, grads[0], x, list(range(2, rank)), mean=True)]
 
 
 def _reduce_axes(ctx: RuleContext, node) -> tuple[list[int], bool]:
@@ -120,7 +133,7 @@ def _reduce_rule(mean: bool):
             return [g] + [None] * (len(node.input) - 1)
         if not keepdims:
             g = ctx.b.unsqueeze(g, axes)
-        return [_spread(ctx, g, node.input[0], axes if mean else None)] + [None] * (len(node.input) - 1)
+        return [_spread(ctx, g, node.input[0], axes, mean)] + [None] * (len(node.input) - 1)
     return rule
 
 

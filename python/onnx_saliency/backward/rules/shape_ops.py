@@ -14,7 +14,8 @@ from ..context import INT_MAX, RuleContext
 
 
 def reshape_back(ctx: RuleContext, node, grads):
-    return [ctx.b.op("Reshape", grads[0], ctx.b.shape(node.input[0]))] + [None] * (len(node.input) - 1)
+    shape = ctx.b.shape_of(node.input[0], node.output[0], fill=0)
+    return [ctx.b.op("Reshape", grads[0], shape)] + [None] * (len(node.input) - 1)
 
 
 def transpose(ctx, node, grads):
