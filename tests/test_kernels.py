@@ -214,3 +214,70 @@ def test_custom_ops_return_errors_not_crashes():
         _session("NormGrad", "ga", mode="bogus")
     with pytest.raises(InvalidArgument, match="same shape"):
         _session("NormGrad", "ga").run(None, {"g": g, "a": a})
+
+
+# -- MaxPoolGradient: against ONNX Runtime's own MaxPool Indices ------------------------------
+
+def _max_pool_case(n, c, h, w, kh, kw, s, d, p, ceil, seed):
+    """x with many ties (small integers, as after ReLU), g, attrs, and the reference dx: g
+    scatter-added at the Indices of ONNX Runtime's MaxPool (None when the pool is invalid)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    pads = [min(v, (kh if i % 2 == 0 else kw) - 1) for i, v in enumerate(p)]
+    attrs = dict(kernel_shape=[kh, kw], strides=[s, s], pads=pads, dilations=[d, d])
+    if (h + pads[0] + pads[2] - d * (kh - 1) - 1 < 0) or (w + pads[1] + pads[3] - d * (kw - 1) - 1 < 0):
+        return None
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-2, 3, (n, c, h, w)).astype(np.float32)
+    node = helper.make_node("MaxPool", ["x"], ["y", "i"], ceil_mode=ceil, **attrs)
+    graph = helper.make_graph([node], "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("i", TensorProto.INT64, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    y, idx = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    ref = np.zeros(x.size, np.float32)
+    np.add.at(ref, idx.ravel(), g.ravel())
+    return x, g, attrs, ref.reshape(x.shape)
+
+
+pool_geometry = dict(
+    n=st.integers(1, 2), c=st.integers(1, 3), h=st.integers(1, 10), w=st.integers(1, 10),
+    kh=st.integers(1, 3), kw=st.integers(1, 3), s=st.integers(1, 3), d=st.integers(1, 2),
+    p=st.lists(st.integers(0, 1), min_size=4, max_size=4), ceil=st.integers(0, 1),
+    seed=st.integers(0, 2**16))
+
+
+@settings(max_examples=60, deadline=None)
+@given(**pool_geometry)
+def test_max_pool_gradient_matches_onnxruntime_indices(**kw):
+    case = _max_pool_case(**kw)
+    if case is None:
+        return
+    x, g, attrs, ref = case
+    np.testing.assert_allclose(_kernels.max_pool_gradient(x, g, threads=2, **attrs), ref,
+                               rtol=1e-6, atol=1e-6)
+    out = _session("MaxPoolGradient", "xg", **attrs).run(None, {"x": x, "g": g})[0]
+    np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_max_pool_gradient_rejects_bad_input_without_crashing():
+    from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+    x = np.zeros((1, 2, 6, 6), np.float32)
+    g = np.zeros((1, 2, 3, 3), np.float32)
+    geo = dict(kernel_shape=[2, 2], strides=[2, 2])
+    with pytest.raises(ValueError, match="share batch and channels"):
+        _kernels.max_pool_gradient(x, g[:, :1], **geo)
+    with pytest.raises(ValueError, match="pooling x gives 3"):
+        _kernels.max_pool_gradient(x, g[:, :, :2], **geo)
+    with pytest.raises(ValueError, match="must be positive"):
+        _kernels.max_pool_gradient(x, g, kernel_shape=[0, 2], strides=[2, 2])
+    with pytest.raises(TypeError, match="float32"):
+        _kernels.max_pool_gradient(x.astype(np.float64), g, **geo)
+    sess = _session("MaxPoolGradient", "xg", **geo)
+    with pytest.raises(InvalidArgument, match="pooling x gives 3"):
+        sess.run(None, {"x": x, "g": np.zeros((1, 2, 4, 3), np.float32)})
+    with pytest.raises(InvalidArgument, match="4-D"):
+        sess.run(None, {"x": x[0], "g": g})

@@ -75,5 +75,6 @@ class OrtParallel final : public Parallel {
 // Op registration entry points, one per op file.
 void add_normgrad_ops(Ort::CustomOpDomain& domain);
 void add_rectified_conv_transpose_ops(Ort::CustomOpDomain& domain);
+void add_max_pool_gradient_ops(Ort::CustomOpDomain& domain);
 
 }  // namespace onnx_saliency::ort

@@ -1,7 +1,8 @@
 // The custom-op library's entry point: RegisterCustomOps adds the domain ai.onnx_saliency
-// (version 1) with NormGrad and RectifiedConvTranspose, CPU kernels always, CUDA kernels when
-// built with CUDA. Built against ORT C API version ORT_API_VERSION of the headers found at build
-// time (see CMakeLists.txt); it loads into every runtime at or above that version.
+// (version 1) with NormGrad, RectifiedConvTranspose and MaxPoolGradient, CPU kernels always,
+// CUDA kernels when built with CUDA. Built against ORT C API version ORT_API_VERSION of the
+// headers found at build time (see CMakeLists.txt); it loads into every runtime at or above that
+// version.
 #include <mutex>
 #include <string>
 #include <vector>
@@ -37,6 +38,7 @@ OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options, const OrtA
     Ort::CustomOpDomain domain{kDomain};
     add_normgrad_ops(domain);
     add_rectified_conv_transpose_ops(domain);
+    add_max_pool_gradient_ops(domain);
     Ort::UnownedSessionOptions session_options(options);
     session_options.Add(domain);
     domains.push_back(std::move(domain));

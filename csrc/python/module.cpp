@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "max_pool_gradient.h"
 #include "normgrad.h"
 #include "rectified_conv_transpose.h"
 
@@ -108,6 +109,27 @@ FloatArray rectified_conv_transpose(const py::array& g_in, const py::array& z_in
   return out;
 }
 
+FloatArray max_pool_gradient(const py::array& x_in, const py::array& g_in,
+                             const std::vector<int64_t>& kernel_shape,
+                             const std::vector<int64_t>& strides, const std::vector<int64_t>& pads,
+                             const std::vector<int64_t>& dilations, int threads) {
+  FloatArray x = as_float32(x_in, "x"), g = as_float32(g_in, "g");
+  auto xs = shape4(x, "x"), gs = shape4(g, "g");
+  ConvGeometry geo = geometry(kernel_shape, strides, pads, dilations);
+  std::string err = onnx_saliency::max_pool_gradient_check(xs.data(), gs.data(), geo);
+  if (!err.empty()) throw py::value_error(err);
+  FloatArray out({xs[0], xs[1], xs[2], xs[3]});
+  const float* xp = x.data();
+  const float* gp = g.data();
+  float* op = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    onnx_saliency::max_pool_gradient_cpu(xp, xs.data(), gp, gs.data(), geo, op,
+                                         onnx_saliency::ThreadParallel(threads));
+  }
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_kernels, m) {
@@ -130,6 +152,11 @@ selective: ||max(a_u * g_u, 0)||)doc");
 
 out = sign(a) * ConvTranspose(S / (D + eps), ones), S = sum_k g*z over each group's output
 channels, D = box-sum over the conv window of sum_c |a| over the group's input channels.)doc");
+  m.def("max_pool_gradient", &max_pool_gradient, py::arg("x"), py::arg("g"),
+        py::arg("kernel_shape") = k1, py::arg("strides") = k1, py::arg("pads") = p0,
+        py::arg("dilations") = k1, py::arg("threads") = 0,
+        R"doc(The 2-D MaxPool backward [N,C,H,W] (float32): g [N,C,Ho,Wo] routed to the first
+maximum (row-major, padding never wins) of each window of x, overlapping windows adding up.)doc");
   m.def("library_path", [m]() -> py::object {
         std::string name = OSAL_ORT_LIBRARY_NAME;
         if (name.empty()) return py::none();

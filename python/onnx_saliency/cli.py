@@ -181,8 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     xp.add_argument("-o", "--output", required=True, help="the explainer .onnx to write")
     xp.add_argument("--method", action="append", default=None, help="method name (repeatable)")
     xp.add_argument("--layer", action="append", default=None, help="layer for layer methods")
-    xp.add_argument("--portable", action="store_true",
-                    help="standard ONNX ops only (no custom-op library needed to run it)")
+    kind = xp.add_mutually_exclusive_group()
+    kind.add_argument("--portable", action="store_true",
+                      help="standard ONNX ops only, runs in any ONNX runtime (the default)")
+    kind.add_argument("--fused", action="store_true",
+                      help="keep the fused custom ops (faster; the runtime must register "
+                           "onnx_saliency's custom-op library)")
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
@@ -199,8 +203,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"| {row['method']} | {row['batch']} | {row['ratio']:.2f}× | "
                       f"{row['forward_ms']:.1f} |")
         elif args.command == "export":
-            ex = Explainer(args.model, methods=args.method or ["gradient"], layers=args.layer)
-            ex.save(args.output, portable=args.portable)
+            ex = Explainer(args.model, methods=args.method or ["gradient"], layers=args.layer,
+                           fused=True if args.fused else None)
+            ex.save(args.output, portable=not args.fused)
             print(f"wrote {args.output}: maps {', '.join(ex.map_names)}")
         else:
             labels = None

@@ -210,6 +210,7 @@ class Explainer:
             raise SaliencyError("fused=True, but the custom-op library was not built with this "
                                 "install (see the README); use fused=False.")
         self.fused = fused_ops.available() if fused is None else bool(fused)
+        self._save_fused = fused is True   # save() keeps custom ops only when asked for here
         index = GraphIndex(self.canonical.model)
         self.layer_names = LayerNames(index, self.canonical.input_name)
         self._index = index
@@ -329,10 +330,16 @@ class Explainer:
         out.pop("logits")
         return out
 
-    def save(self, path, portable: bool = False) -> None:
+    def save(self, path, portable: bool | None = None) -> None:
         """Write the explainer graph: inputs (image, target int64 [N]; −1 = top-1),
-        outputs (logits, one [N,H,W] map per key). `portable=True` writes the standard-ONNX
-        decomposition of the fused ops (runs in any ONNX runtime without the custom-op library)."""
+        outputs (logits, one [N,H,W] map per key).
+
+        `portable=True` writes standard ONNX ops only (the fused ops' decompositions): it runs
+        in any ONNX runtime, a bare `onnxruntime.InferenceSession` included. `portable=False`
+        keeps the fused custom ops (faster; the session must register `fused.library_path()`).
+        Default: the fused graph only when this explainer was built with `fused=True`."""
+        if portable is None:
+            portable = not self._save_fused
         model = self._build(False) if portable and self.fused else self.model
         onnx.save(model, str(path))
 

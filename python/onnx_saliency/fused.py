@@ -11,6 +11,10 @@ NormGrad(g, a; mode, kernel_shape, strides, pads, dilations) -> [N,1,Ho,Wo]
 RectifiedConvTranspose(g, z, a; kernel_shape, strides, pads, dilations, group, epsilon) -> like a
     per group j: S = Σ_{k∈j} g⊙z, D = Conv(Σ_{c∈j}|a|, ones_k), out = sign(a) ⊙
     ConvTranspose(S / (D + ε), ones_k) cropped to a's size (the TSGB-Conv rule, METHODS.md §5).
+MaxPoolGradient(x, g; kernel_shape, strides, pads, dilations) -> like x
+    g routed to each window's first maximum of x, recomputed from x = ScatterElements(add) of g
+    at the forward MaxPool's Indices output (rules/pooling.py, the twin). Without Indices the
+    forward MaxPool keeps ONNX Runtime's fast blocked-layout kernel.
 """
 
 from __future__ import annotations
@@ -87,6 +91,14 @@ def rectified_conv_transpose(ctx, g: str, z: str, a: str, kernel: Sequence[int],
         spread = b.op("Reshape", b.op("Expand", b.unsqueeze(spread, [2]), _grouped_shape(b, group, a)),
                       b.shape(a))
     return b.op("Mul", b.op("Sign", a), spread)
+
+
+def max_pool_gradient(b: GraphBuilder, x: str, g: str, kernel: Sequence[int],
+                      strides: Sequence[int], pads: Sequence[int], dilations: Sequence[int]) -> str:
+    """The fused MaxPool backward node (its portable twin needs the forward node's Indices and
+    lives in rules/pooling.py)."""
+    return b.op("MaxPoolGradient", x, g, domain=DOMAIN,
+                **_geometry(kernel, strides, pads, dilations))
 
 
 def _grouped_shape(b: GraphBuilder, group: int, like: str) -> str:

@@ -1,7 +1,8 @@
 """Pooling and reductions.
 
 MaxPool: the signal goes to each window's argmax; overlapping windows add up (scatter-add of g
-  at the forward node's Indices output, which the rule switches on).
+  at the forward node's Indices output, which the rule switches on; fused: the MaxPoolGradient
+  op recomputes the argmax from x, fused.py).
 AveragePool: dx = ConvTranspose(g / d, ones) with d the per-window divisor, computed in-graph as a
   box-sum of a ones map (padding counted when count_include_pad, never the ceil_mode overhang).
 GlobalAveragePool, ReduceMean: g / count, broadcast back. ReduceSum: g broadcast back.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ... import fused
 from ...graph import attrs_of
 from ..context import RuleContext, conv_geometry, conv_transpose_to
 
@@ -31,6 +33,11 @@ def max_pool(ctx, node, grads):
     if attrs_of(node).get("storage_order", 0):
         raise ctx.unsupported(node, "uses storage_order=1")
     b, x = ctx.b, node.input[0]
+    kernel = list(attrs_of(node)["kernel_shape"])
+    if b.fused and len(kernel) == 2 and ctx.index.rank(x) == 4:
+        geo = conv_geometry(ctx, node, x, kernel)
+        return [fused.max_pool_gradient(b, x, grads[0], kernel, geo["strides"], geo["pads"],
+                                        geo["dilations"])]
     indices = _indices_output(ctx, node)
     flat = b.ints([-1])
     zeros = b.op("ConstantOfShape", b.op("Reshape", b.op("Size", x), b.ints([1])))

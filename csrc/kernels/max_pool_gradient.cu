@@ -1,0 +1,77 @@
+// CUDA twin of max_pool_gradient.cpp: one thread per input location sums g over the windows that
+// contain it and whose first maximum it is (gather: no atomics, deterministic).
+#include "cuda_check.cuh"
+#include "max_pool_gradient.h"
+
+namespace onnx_saliency {
+namespace {
+
+__device__ int64_t window_argmax(const float* xp, int64_t H, int64_t W, int64_t y0, int64_t x0,
+                                 const ConvGeometry& geo) {
+  int64_t best = -1;
+  float best_value = 0.f;
+  for (int64_t i = 0; i < geo.kernel[0]; ++i) {
+    const int64_t y = y0 + i * geo.dilations[0];
+    if (y < 0 || y >= H) continue;
+    for (int64_t j = 0; j < geo.kernel[1]; ++j) {
+      const int64_t x = x0 + j * geo.dilations[1];
+      if (x < 0 || x >= W) continue;
+      const float v = xp[y * W + x];
+      if (best < 0 || v > best_value) {
+        best = y * W + x;
+        best_value = v;
+      }
+    }
+  }
+  return best;
+}
+
+// Output windows o (along one axis) with a tap at input position t: o·s − p + i·d = t.
+__device__ void windows_covering(int64_t t, int64_t k, int64_t s, int64_t p, int64_t d,
+                                 int64_t out, int64_t& first, int64_t& last) {
+  const int64_t hi = t + p;                   // o·s ≤ t + p
+  const int64_t lo = t + p - d * (k - 1);     // o·s ≥ t + p − d(k−1)
+  first = lo <= 0 ? 0 : (lo + s - 1) / s;
+  last = hi < 0 ? -1 : hi / s;
+  if (last > out - 1) last = out - 1;
+}
+
+__global__ void gather_kernel(const float* x, const float* g, int64_t planes, int64_t H, int64_t W,
+                              int64_t Ho, int64_t Wo, ConvGeometry geo, float* dx) {
+  const int64_t hw = H * W;
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < planes * hw;
+       t += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t p = t / hw, q = t % hw, y = q / W, xx = q % W;
+    const float* xp = x + p * hw;
+    const float* gp = g + p * Ho * Wo;
+    int64_t oy0, oy1, ox0, ox1;
+    windows_covering(y, geo.kernel[0], geo.strides[0], geo.pads[0], geo.dilations[0], Ho, oy0, oy1);
+    windows_covering(xx, geo.kernel[1], geo.strides[1], geo.pads[1], geo.dilations[1], Wo, ox0, ox1);
+    float sum = 0.f;
+    for (int64_t oy = oy0; oy <= oy1; ++oy) {
+      const int64_t y0 = oy * geo.strides[0] - geo.pads[0];
+      if ((y - y0) % geo.dilations[0] != 0) continue;
+      for (int64_t ox = ox0; ox <= ox1; ++ox) {
+        const int64_t x0 = ox * geo.strides[1] - geo.pads[1];
+        if ((xx - x0) % geo.dilations[1] != 0) continue;
+        if (window_argmax(xp, H, W, y0, x0, geo) == q) sum += gp[oy * Wo + ox];
+      }
+    }
+    dx[t] = sum;
+  }
+}
+
+}  // namespace
+
+std::string max_pool_gradient_cuda(const float* x, const int64_t x_shape[4], const float* g,
+                                   const int64_t g_shape[4], const ConvGeometry& geo, float* dx,
+                                   void* stream_ptr) {
+  cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  const int64_t planes = x_shape[0] * x_shape[1], H = x_shape[2], W = x_shape[3];
+  if (planes * H * W == 0) return "";
+  gather_kernel<<<grid_for(planes * H * W), kThreads, 0, stream>>>(x, g, planes, H, W, g_shape[2],
+                                                                   g_shape[3], geo, dx);
+  return cuda_error("MaxPoolGradient", cudaGetLastError());
+}
+
+}  // namespace onnx_saliency

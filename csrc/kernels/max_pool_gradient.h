@@ -1,0 +1,36 @@
+// MaxPoolGradient: the gradient of a 2-D MaxPool, routed to each window's first maximum
+// (row-major scan, strictly greater wins: ONNX Runtime's and PyTorch's tie rule), with the
+// argmax recomputed from the pool's input instead of read from an Indices tensor.
+//
+// Inputs (NCHW, float32, contiguous):
+//   x  [N, C, H,  W ]  the pool's input
+//   g  [N, C, Ho, Wo]  backward signal at the pool's output
+// Output: dx [N, C, H, W], dx[p] = Σ over windows w whose first maximum is p of g[w].
+// Window (oy, ox) reads x[oy·s − pad_top + i·d, ox·s − pad_left + j·d] for taps (i, j) inside x;
+// padding never wins. Ho, Wo are taken from g (floor or ceil mode alike).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "geometry.h"
+#include "parallel.h"
+
+namespace onnx_saliency {
+
+// Checks shapes and geometry; returns an empty string when valid, else one sentence.
+std::string max_pool_gradient_check(const int64_t x_shape[4], const int64_t g_shape[4],
+                                    const ConvGeometry& geo);
+
+// CPU: one (n, c) plane per task, windows in order, so sums are deterministic.
+void max_pool_gradient_cpu(const float* x, const int64_t x_shape[4], const float* g,
+                           const int64_t g_shape[4], const ConvGeometry& geo, float* dx,
+                           const Parallel& parallel = ThreadParallel());
+
+// The CUDA twin (max_pool_gradient.cu): one thread per input location gathers from the windows
+// that contain it (no atomics: deterministic). Returns "" or the CUDA error.
+std::string max_pool_gradient_cuda(const float* x, const int64_t x_shape[4], const float* g,
+                                   const int64_t g_shape[4], const ConvGeometry& geo, float* dx,
+                                   void* stream);
+
+}  // namespace onnx_saliency
