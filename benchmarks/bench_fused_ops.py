@@ -5,7 +5,9 @@ shape (2 threads, one process):
 
 RectifiedConvTranspose at every distinct conv geometry of ResNet-50 at 224 (input and output
 shapes, kernel, stride, pads); NormGrad identity/selective at each stage output, conv mode at
-each distinct 3×3 conv. Prints median portable time / median fused time (>1: fused is faster).
+each distinct 3×3 conv; MaxPoolGradient with its forward MaxPool (the portable twin needs the
+pool's Indices output) at ResNet-50's pool and VGG16's five. Prints median portable time /
+median fused time (>1: fused is faster).
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ RESNET50_CONVS = [
     (512, 7, 2048, 1, 1, 0), (1024, 14, 2048, 1, 2, 0), (2048, 7, 512, 1, 1, 0),
     (512, 7, 512, 3, 1, 1)]
 RESNET50_STAGES = [(256, 56), (512, 28), (1024, 14), (2048, 7)]
+# (C, H, kernel, stride, pad) of the MaxPools of ResNet-50 and VGG16 at 224×224
+POOLS = [(64, 112, 3, 2, 1), (64, 224, 2, 2, 0), (128, 112, 2, 2, 0), (256, 56, 2, 2, 0),
+         (512, 28, 2, 2, 0), (512, 14, 2, 2, 0)]
 
 
 def _model(inputs: dict[str, list[int]], build) -> tuple[onnx.ModelProto, onnx.ModelProto]:
@@ -56,6 +61,32 @@ def _model(inputs: dict[str, list[int]], build) -> tuple[onnx.ModelProto, onnx.M
     return models[0], models[1]
 
 
+def _pool_models(batch, c, h, k, s, p) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """(fused, portable) models x, g -> (MaxPool(x), its backward at g), built by the rule."""
+    from onnx_saliency.backward.rules.pooling import max_pool
+
+    ho = (h + 2 * p - k) // s + 1
+    models = []
+    for use_fused in (True, False):
+        node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[k, k], strides=[s, s],
+                                pads=[p] * 4)
+        graph = helper.make_graph(
+            [node], "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, c, h, h]),
+                             helper.make_tensor_value_info("g", TensorProto.FLOAT, [batch, c, ho, ho])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        index = GraphIndex(model)
+        b = GraphBuilder(index, fused=use_fused)
+        dx = max_pool(RuleContext(b, index), model.graph.node[0], ["g"])[0]
+        model.graph.node.extend(b.nodes)
+        model.graph.initializer.extend(b.initializers)
+        model.graph.output.append(helper.make_tensor_value_info(dx, TensorProto.FLOAT, None))
+        for domain in b.custom_domains:
+            model.opset_import.append(helper.make_opsetid(domain, 1))
+        models.append(model)
+    return models[0], models[1]
+
+
 def _session(model):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
@@ -67,7 +98,7 @@ def _session(model):
 
 def _compare(models, feeds, repeat):
     f, p = (_session(m) for m in models)
-    out_f, out_p = f.run(None, feeds)[0], p.run(None, feeds)[0]
+    out_f, out_p = f.run(None, feeds)[-1], p.run(None, feeds)[-1]
     err = np.abs(out_f - out_p).max() / max(np.abs(out_p).max(), 1e-30)
     t_f = median_time(lambda: f.run(None, feeds), repeat)
     t_p = median_time(lambda: p.run(None, feeds), repeat)
@@ -113,6 +144,14 @@ def main():
             ratio, err = _compare(models, feeds, args.repeat)
             speedups.setdefault(("NormGrad conv", batch), []).append(ratio)
             print(f"| NormGrad conv | {(c, h, k_out, k, s, p)} | {batch} | {ratio:.2f}× | {err:.1e} |", flush=True)
+        for c, h, k, s, p in POOLS:
+            ho = (h + 2 * p - k) // s + 1
+            feeds = {"x": rng.standard_normal((batch, c, h, h)).astype(np.float32),
+                     "g": rng.standard_normal((batch, c, ho, ho)).astype(np.float32)}
+            ratio, err = _compare(_pool_models(batch, c, h, k, s, p), feeds, args.repeat)
+            speedups.setdefault(("MaxPool + MaxPoolGradient", batch), []).append(ratio)
+            print(f"| MaxPool + MaxPoolGradient | {(c, h, c, k, s, p)} | {batch} | {ratio:.2f}× | {err:.1e} |",
+                  flush=True)
     print("\n| op | batch | speed-up min | median | max |\n|---|---|---|---|---|")
     for (op, batch), r in speedups.items():
         print(f"| {op} | {batch} | {min(r):.2f}× | {statistics.median(r):.2f}× | {max(r):.2f}× |")

@@ -236,6 +236,9 @@ def _max_pool_case(n, c, h, w, kh, kw, s, d, p, ceil, seed):
                                helper.make_tensor_value_info("i", TensorProto.INT64, None)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     y, idx = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})
+    for size, out, k, pad in ((h, y.shape[2], kh, pads[0]), (w, y.shape[3], kw, pads[1])):
+        if any(all(not 0 <= o * s - pad + t * d < size for t in range(k)) for o in range(out)):
+            return None    # a window entirely in the padding: no input to route to
     g = rng.standard_normal(y.shape).astype(np.float32)
     ref = np.zeros(x.size, np.float32)
     np.add.at(ref, idx.ravel(), g.ravel())

@@ -51,6 +51,10 @@ def test_cli_export_writes_a_runnable_graph(tmp_path, capsys):
     assert not any(n.domain for n in model.graph.node)       # portable: standard ops only
     names = [o.name for o in model.graph.output][1:]
     assert names[0] == "tsgb" and names[1].startswith("normgrad@") and len(names) == 2
+    assert main(["export", str(path), "-o", str(out)]) == 0               # portable by default
+    assert not any(n.domain for n in onnx.load(out).graph.node)
+    assert main(["export", str(path), "-o", str(out), "--method", "tsgb", "--fused"]) == 0
+    assert any(n.domain == "ai.onnx_saliency" for n in onnx.load(out).graph.node)
     assert main(["export", str(tmp_path / "missing.onnx"), "-o", str(out)]) == 1
     assert "error" in capsys.readouterr().err
 

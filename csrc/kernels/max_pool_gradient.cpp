@@ -1,6 +1,7 @@
 #include "max_pool_gradient.h"
 
 #include <algorithm>
+#include <vector>
 
 namespace onnx_saliency {
 namespace {
@@ -46,13 +47,36 @@ std::string max_pool_gradient_check(const int64_t x_shape[4], const int64_t g_sh
   return "";
 }
 
+namespace {
+
+// The taps [lo, hi) of window o along one axis that land inside [0, size).
+struct TapRange {
+  int64_t start, lo, hi;  // start: the window's first input position (may be in the padding)
+};
+
+std::vector<TapRange> tap_ranges(int64_t out, int64_t size, int64_t k, int64_t s, int64_t p,
+                                 int64_t d) {
+  std::vector<TapRange> ranges(static_cast<size_t>(out));
+  for (int64_t o = 0; o < out; ++o) {
+    const int64_t start = o * s - p;
+    int64_t lo = 0, hi = k;
+    while (lo < k && start + lo * d < 0) ++lo;
+    while (hi > lo && start + (hi - 1) * d >= size) --hi;
+    ranges[static_cast<size_t>(o)] = {start, lo, hi};
+  }
+  return ranges;
+}
+
+}  // namespace
+
 void max_pool_gradient_cpu(const float* x, const int64_t x_shape[4], const float* g,
                            const int64_t g_shape[4], const ConvGeometry& geo, float* dx,
                            const Parallel& parallel) {
   const int64_t H = x_shape[2], W = x_shape[3], Ho = g_shape[2], Wo = g_shape[3];
   const int64_t planes = x_shape[0] * x_shape[1];
-  const int64_t kh = geo.kernel[0], kw = geo.kernel[1], sh = geo.strides[0], sw = geo.strides[1];
-  const int64_t dh = geo.dilations[0], dw = geo.dilations[1], ph = geo.pads[0], pw = geo.pads[1];
+  const int64_t dh = geo.dilations[0], dw = geo.dilations[1];
+  const auto rows = tap_ranges(Ho, H, geo.kernel[0], geo.strides[0], geo.pads[0], dh);
+  const auto cols = tap_ranges(Wo, W, geo.kernel[1], geo.strides[1], geo.pads[1], dw);
   parallel.run(planes, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const float* xp = x + p * H * W;
@@ -60,25 +84,26 @@ void max_pool_gradient_cpu(const float* x, const int64_t x_shape[4], const float
       float* dp = dx + p * H * W;
       std::fill(dp, dp + H * W, 0.f);
       for (int64_t oy = 0; oy < Ho; ++oy) {
-        const int64_t y0 = oy * sh - ph;
+        const TapRange r = rows[static_cast<size_t>(oy)];
+        if (r.lo >= r.hi) continue;
         for (int64_t ox = 0; ox < Wo; ++ox) {
-          const int64_t x0 = ox * sw - pw;
-          int64_t best = -1;
-          float best_value = 0.f;
-          for (int64_t i = 0; i < kh; ++i) {
-            const int64_t y = y0 + i * dh;
-            if (y < 0 || y >= H) continue;
-            for (int64_t j = 0; j < kw; ++j) {
-              const int64_t xx = x0 + j * dw;
-              if (xx < 0 || xx >= W) continue;
-              const float v = xp[y * W + xx];
-              if (best < 0 || v > best_value) {
-                best = y * W + xx;
-                best_value = v;
-              }
+          const TapRange c = cols[static_cast<size_t>(ox)];
+          if (c.lo >= c.hi) continue;
+          // first maximum in row-major order: start at the first tap, replace only when
+          // strictly greater (branch-free: the comparison is unpredictable on real data)
+          int64_t best = (r.start + r.lo * dh) * W + c.start + c.lo * dw;
+          float best_value = xp[best];
+          for (int64_t i = r.lo; i < r.hi; ++i) {
+            const int64_t row = (r.start + i * dh) * W + c.start;
+            for (int64_t j = c.lo; j < c.hi; ++j) {
+              const int64_t at = row + j * dw;
+              const float v = xp[at];
+              const bool greater = v > best_value;
+              best_value = greater ? v : best_value;
+              best = greater ? at : best;
             }
           }
-          if (best >= 0) dp[best] += gp[oy * Wo + ox];
+          dp[best] += gp[oy * Wo + ox];
         }
       }
     }

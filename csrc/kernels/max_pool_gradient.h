@@ -7,7 +7,8 @@
 //   g  [N, C, Ho, Wo]  backward signal at the pool's output
 // Output: dx [N, C, H, W], dx[p] = Σ over windows w whose first maximum is p of g[w].
 // Window (oy, ox) reads x[oy·s − pad_top + i·d, ox·s − pad_left + j·d] for taps (i, j) inside x;
-// padding never wins. Ho, Wo are taken from g (floor or ceil mode alike).
+// padding never wins; a window entirely in the padding routes nothing. Ho, Wo are taken from g
+// (floor or ceil mode alike).
 #pragma once
 
 #include <cstdint>

@@ -1,11 +1,12 @@
 // Kernel tests in C++ (run under AddressSanitizer and UndefinedBehaviorSanitizer by
-// tests/test_cpp.py): conservation of RectifiedConvTranspose, NormGrad against a direct loop,
-// and bad shapes rejected by the checks (never read out of bounds).
+// tests/test_cpp.py): conservation of RectifiedConvTranspose and MaxPoolGradient, NormGrad
+// against a direct loop, and bad shapes rejected by the checks (never read out of bounds).
 #include <cmath>
 #include <cstdio>
 #include <random>
 #include <vector>
 
+#include "max_pool_gradient.h"
 #include "normgrad.h"
 #include "rectified_conv_transpose.h"
 
@@ -72,6 +73,40 @@ int main() {
       }
     }
   }
+  // MaxPoolGradient: every window routes its g to one input inside the window (floor and ceil
+  // sizes): the sums agree, and dx is non-zero only where x holds its window's maximum
+  for (int64_t k : {1, 2, 3}) {
+    for (int64_t s : {1, 2, 3}) {
+      for (int64_t p = 0; p < k && p < 2; ++p) {
+        for (int64_t d : {1, 2}) {
+          for (int ceil_mode : {0, 1}) {
+            ConvGeometry geo;
+            geo.kernel[0] = geo.kernel[1] = k;
+            geo.strides[0] = geo.strides[1] = s;
+            geo.dilations[0] = geo.dilations[1] = d;
+            for (auto& q : geo.pads) q = p;
+            const int64_t N = 2, C = 3, H = 9, W = 7;
+            const int64_t span_h = H + 2 * p - d * (k - 1) - 1, span_w = W + 2 * p - d * (k - 1) - 1;
+            if (span_h < 0 || span_w < 0) continue;
+            const int64_t Ho = ceil_mode ? (span_h + s - 1) / s + 1 : span_h / s + 1;
+            const int64_t Wo = ceil_mode ? (span_w + s - 1) / s + 1 : span_w / s + 1;
+            if ((Ho - 1) * s >= H + p || (Wo - 1) * s >= W + p) continue;  // window in end pad
+            int64_t xs[4] = {N, C, H, W}, gs[4] = {N, C, Ho, Wo};
+            EXPECT(max_pool_gradient_check(xs, gs, geo).empty());
+            std::vector<float> x(N * C * H * W), dx(x.size()), g(N * C * Ho * Wo);
+            for (auto& v : x) v = std::round(normal(rng));   // ties
+            for (auto& v : g) v = normal(rng);
+            max_pool_gradient_cpu(x.data(), xs, g.data(), gs, geo, dx.data(), ThreadParallel(2));
+            double gsum = 0, dsum = 0, gmass = 0;
+            for (float v : g) gsum += v, gmass += std::fabs(v);
+            for (float v : dx) dsum += v;
+            EXPECT(std::fabs(gsum - dsum) <= 1e-5 * (1 + gmass));
+            ++cases;
+          }
+        }
+      }
+    }
+  }
   // bad inputs are reported, not computed
   ConvGeometry geo;
   geo.kernel[0] = geo.kernel[1] = 3;
@@ -84,6 +119,12 @@ int main() {
   ConvGeometry zero_stride;
   zero_stride.strides[0] = 0;
   EXPECT(!normgrad_check(g4, a4, zero_stride, NormGradMode::Conv).empty());
+  int64_t pool_x[4] = {1, 2, 6, 6}, pool_g[4] = {1, 2, 4, 3}, pool_c[4] = {1, 3, 3, 3};
+  ConvGeometry pool;
+  pool.kernel[0] = pool.kernel[1] = pool.strides[0] = pool.strides[1] = 2;
+  EXPECT(!max_pool_gradient_check(pool_x, pool_g, pool).empty());
+  EXPECT(!max_pool_gradient_check(pool_x, pool_c, pool).empty());
+  EXPECT(!max_pool_gradient_check(pool_x, neg, pool).empty());
   // empty tensors are fine
   int64_t empty[4] = {0, 2, 5, 5};
   rectified_conv_transpose_cpu(nullptr, nullptr, empty, nullptr, empty, ConvGeometry{}, 1, 1e-10f,
