@@ -22,7 +22,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from onnx_saliency import fused
-from onnx_saliency.bench import median_time
+from onnx_saliency.bench import paired_ratio
 from onnx_saliency.backward.context import RuleContext
 from onnx_saliency.graph import GraphBuilder, GraphIndex
 
@@ -42,16 +42,20 @@ POOLS = [(64, 112, 3, 2, 1), (64, 224, 2, 2, 0), (128, 112, 2, 2, 0), (256, 56, 
          (512, 28, 2, 2, 0), (512, 14, 2, 2, 0)]
 
 
-def _model(inputs: dict[str, list[int]], build) -> tuple[onnx.ModelProto, onnx.ModelProto]:
-    """(fused, portable) single-op models over `inputs`; `build(b, ctx)` returns the output."""
+def _model(inputs: dict[str, list[int]], build, forward=lambda: [],
+           forward_outputs=()) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """(fused, portable) models over `inputs` and the nodes `forward()` makes (outputs
+    `forward_outputs`); `build(b, ctx, graph)` emits the op and returns its output."""
     models = []
     for use_fused in (True, False):
-        graph = helper.make_graph([], "op", [helper.make_tensor_value_info(k, TensorProto.FLOAT, v)
-                                             for k, v in inputs.items()], [])
+        graph = helper.make_graph(
+            forward(), "op",
+            [helper.make_tensor_value_info(k, TensorProto.FLOAT, v) for k, v in inputs.items()],
+            [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in forward_outputs])
         base = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         index = GraphIndex(base)
         b = GraphBuilder(index, fused=use_fused)
-        out = build(b, RuleContext(b, index))
+        out = build(b, RuleContext(b, index), base.graph)
         base.graph.node.extend(b.nodes)
         base.graph.initializer.extend(b.initializers)
         base.graph.output.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, None))
@@ -62,29 +66,15 @@ def _model(inputs: dict[str, list[int]], build) -> tuple[onnx.ModelProto, onnx.M
 
 
 def _pool_models(batch, c, h, k, s, p) -> tuple[onnx.ModelProto, onnx.ModelProto]:
-    """(fused, portable) models x, g -> (MaxPool(x), its backward at g), built by the rule."""
+    """(fused, portable) models x, g -> (MaxPool(x), its backward at g), built by the rule (the
+    portable twin switches on the pool's Indices output)."""
     from onnx_saliency.backward.rules.pooling import max_pool
 
     ho = (h + 2 * p - k) // s + 1
-    models = []
-    for use_fused in (True, False):
-        node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[k, k], strides=[s, s],
-                                pads=[p] * 4)
-        graph = helper.make_graph(
-            [node], "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, c, h, h]),
-                             helper.make_tensor_value_info("g", TensorProto.FLOAT, [batch, c, ho, ho])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-        index = GraphIndex(model)
-        b = GraphBuilder(index, fused=use_fused)
-        dx = max_pool(RuleContext(b, index), model.graph.node[0], ["g"])[0]
-        model.graph.node.extend(b.nodes)
-        model.graph.initializer.extend(b.initializers)
-        model.graph.output.append(helper.make_tensor_value_info(dx, TensorProto.FLOAT, None))
-        for domain in b.custom_domains:
-            model.opset_import.append(helper.make_opsetid(domain, 1))
-        models.append(model)
-    return models[0], models[1]
+    return _model({"x": [batch, c, h, h], "g": [batch, c, ho, ho]},
+                  lambda b, ctx, graph: max_pool(ctx, graph.node[0], ["g"])[0],
+                  lambda: [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[k, k],
+                                            strides=[s, s], pads=[p] * 4)], ["y"])
 
 
 def _session(model):
@@ -100,9 +90,8 @@ def _compare(models, feeds, repeat):
     f, p = (_session(m) for m in models)
     out_f, out_p = f.run(None, feeds)[-1], p.run(None, feeds)[-1]
     err = np.abs(out_f - out_p).max() / max(np.abs(out_p).max(), 1e-30)
-    t_f = median_time(lambda: f.run(None, feeds), repeat)
-    t_p = median_time(lambda: p.run(None, feeds), repeat)
-    return t_p / t_f, err
+    ratio, _ = paired_ratio(lambda: p.run(None, feeds), lambda: f.run(None, feeds), repeat)
+    return ratio, err
 
 
 def main():
@@ -120,7 +109,7 @@ def main():
         for c, h, k_out, k, s, p in RESNET50_CONVS:
             ho = (h + 2 * p - k) // s + 1
             shapes = {"g": [batch, k_out, ho, ho], "z": [batch, k_out, ho, ho], "a": [batch, c, h, h]}
-            models = _model(shapes, lambda b, ctx: fused.rectified_conv_transpose(
+            models = _model(shapes, lambda b, ctx, _: fused.rectified_conv_transpose(
                 ctx, "g", "z", "a", [k, k], [s, s], [p] * 4, [1, 1]))
             feeds = {n: rng.standard_normal(v).astype(np.float32) for n, v in shapes.items()}
             ratio, err = _compare(models, feeds, args.repeat)
@@ -130,7 +119,7 @@ def main():
             shapes = {"g": [batch, c, h, h], "a": [batch, c, h, h]}
             feeds = {n: rng.standard_normal(v).astype(np.float32) for n, v in shapes.items()}
             for mode in ("identity", "selective"):
-                models = _model(shapes, lambda b, ctx: fused.normgrad(b, "g", "a", mode))
+                models = _model(shapes, lambda b, ctx, _: fused.normgrad(b, "g", "a", mode))
                 ratio, err = _compare(models, feeds, args.repeat)
                 speedups.setdefault((f"NormGrad {mode}", batch), []).append(ratio)
                 print(f"| NormGrad {mode} | {(c, h)} | {batch} | {ratio:.2f}× | {err:.1e} |", flush=True)
@@ -140,7 +129,7 @@ def main():
             ho = (h + 2 * p - k) // s + 1
             shapes = {"g": [batch, k_out, ho, ho], "a": [batch, c, h, h]}
             feeds = {n: rng.standard_normal(v).astype(np.float32) for n, v in shapes.items()}
-            models = _model(shapes, lambda b, ctx: fused.normgrad(b, "g", "a", "conv", [k, k], [s, s], [p] * 4))
+            models = _model(shapes, lambda b, ctx, _: fused.normgrad(b, "g", "a", "conv", [k, k], [s, s], [p] * 4))
             ratio, err = _compare(models, feeds, args.repeat)
             speedups.setdefault(("NormGrad conv", batch), []).append(ratio)
             print(f"| NormGrad conv | {(c, h, k_out, k, s, p)} | {batch} | {ratio:.2f}× | {err:.1e} |", flush=True)

@@ -4,9 +4,11 @@
                                        [--tsgb-normgrad]
 
 For each torchvision model (random weights, 224x224, exported with a dynamic batch) and batch size,
-with 2 threads everywhere: the median time of each explainer graph (one method each) divided by the
-median time of the plain ORT forward pass; the same ratio for Captum on PyTorch (its method time
-over PyTorch's own forward); and the time to build the explainer graph. Needs the `test` extra.
+with 2 threads everywhere: the time of each explainer graph (one method each) divided by the time
+of the plain ORT forward pass, the two run back to back in each of `--repeat` rounds and the
+median ratio taken (the machine's speed drifts; a forward timed once, apart from the methods,
+would skew every ratio); the same paired ratio for Captum on PyTorch (its method over PyTorch's
+own forward); and the time to build the explainer graph. Needs the `test` extra.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 warnings.simplefilter("ignore")
 
-from onnx_saliency.bench import median_time  # noqa: E402  (the package's own clock)
+from onnx_saliency.bench import paired_ratio  # noqa: E402  (the package's own clock)
 
 LAYER = {"resnet50": "layer4", "vgg16": "features.29"}
 LAYERS4 = {"resnet50": ["layer1", "layer2", "layer3", "layer4"],
@@ -48,8 +50,8 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(2)
     tmp = Path(tempfile.mkdtemp())
-    print("| model | batch | method | ours / ORT forward | Captum / PyTorch forward |")
-    print("|---|---|---|---|---|")
+    print("| model | batch | method | ours / ORT forward | Captum / PyTorch forward | ORT forward (ms) |")
+    print("|---|---|---|---|---|---|")
     for name in args.models:
         path = tmp / f"{name}.onnx"
         model = export_torchvision(name, path, 224)
@@ -78,24 +80,25 @@ def main():
                     ["normgrad_selective"], four, "meta", None)
         xs = {batch: np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
               for batch in args.batches}
-        t_fwd, t_torch = {}, {}
-        for batch, x in xs.items():
-            xt = torch.from_numpy(x)
-            t_fwd[batch] = median_time(lambda: fwd.run(None, {"input": x}), args.repeat)
-            with torch.no_grad():
-                t_torch[batch] = median_time(lambda: model(xt), args.repeat)
         rows = []
         for key, (ms, ls, f, captum_fn) in methods.items():   # one explainer alive at a time
             ex = osal.Explainer(path, methods=ms, layers=ls, threads=2,
                                 **({"meta": True} if f == "meta" else {"fused": f}))
             for batch, x in xs.items():
-                t = median_time(lambda: ex.explain(x, target=0), args.repeat)
+                ratio, t_fwd = paired_ratio(lambda: ex.explain(x, target=0),
+                                            lambda: fwd.run(None, {"input": x}), args.repeat)
                 captum = "–"
                 if captum_fn is not None:
                     xt = torch.from_numpy(x)
-                    t_c = median_time(lambda: captum_fn(model, xt.clone()), args.repeat)
-                    captum = f"{t_c / t_torch[batch]:.2f}×"
-                rows.append((batch, f"| {name} | {batch} | {key} | {t / t_fwd[batch]:.2f}× | {captum} |"))
+
+                    def torch_forward():
+                        with torch.no_grad():
+                            model(xt)
+                    ratio_c, _ = paired_ratio(lambda: captum_fn(model, xt.clone()), torch_forward,
+                                              args.repeat)
+                    captum = f"{ratio_c:.2f}×"
+                rows.append((batch, f"| {name} | {batch} | {key} | {ratio:.2f}× | {captum} | "
+                                    f"{1e3 * t_fwd:.0f} |"))
             ex = None  # one explainer alive at a time
         for _, row in sorted(rows, key=lambda r: r[0]):
             print(row, flush=True)

@@ -10,15 +10,22 @@ from typing import Sequence
 import numpy as np
 
 
-def median_time(fn, repeat: int) -> float:
-    """Median wall time of `repeat` calls after one warm-up call."""
+def paired_ratio(fn, reference, repeat: int) -> tuple[float, float]:
+    """Median over `repeat` rounds of time(fn) / time(reference), the two timed back to back in
+    each round (after one warm-up call each), and the median reference time. Pairing keeps the
+    ratio honest on a shared machine whose speed drifts between (and during) measurements."""
     fn()
-    times = []
+    reference()
+    ratios, refs = [], []
     for _ in range(repeat):
         start = time.perf_counter()
+        reference()
+        mid = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        end = time.perf_counter()
+        ratios.append((end - mid) / (mid - start))
+        refs.append(mid - start)
+    return statistics.median(ratios), statistics.median(refs)
 
 
 def ratio_table(model, methods: Sequence[str], batches: Sequence[int] = (1, 8), repeat: int = 3,
@@ -37,8 +44,9 @@ def ratio_table(model, methods: Sequence[str], batches: Sequence[int] = (1, 8), 
         shape = [d if d is not None else 224 for d in shape]
         for batch in batches:
             x = np.random.default_rng(0).standard_normal([batch] + shape).astype(np.float32)
-            t_fwd = median_time(lambda: forward.run(None, {ex.canonical.input_name: x}), repeat)
-            t_ex = median_time(lambda: ex.explain(x, None), repeat)
-            rows.append({"method": method, "batch": batch, "ratio": t_ex / t_fwd,
+            ratio, t_fwd = paired_ratio(
+                lambda: ex.explain(x, None),
+                lambda: forward.run(None, {ex.canonical.input_name: x}), repeat)
+            rows.append({"method": method, "batch": batch, "ratio": ratio,
                          "forward_ms": 1e3 * t_fwd})
     return rows
