@@ -44,7 +44,7 @@ struct MaxPoolGradientKernel {
 
 template <bool Cuda>
 struct MaxPoolGradientOp
-    : Ort::CustomOpBase<MaxPoolGradientOp<Cuda>, MaxPoolGradientKernel<Cuda>, true> {
+    : FloatOp<MaxPoolGradientOp<Cuda>, MaxPoolGradientKernel<Cuda>, Cuda, 2> {
   OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
     return guarded(kOp, [&]() -> OrtStatusPtr {
       ConvGeometry geo;
@@ -55,11 +55,6 @@ struct MaxPoolGradientOp
     });
   }
   const char* GetName() const { return kOp; }
-  const char* GetExecutionProviderType() const { return Cuda ? kCuda : kCpu; }
-  size_t GetInputTypeCount() const { return 2; }
-  ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-  size_t GetOutputTypeCount() const { return 1; }
-  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
 
   // Output shape: x's.
   static OrtStatusPtr InferOutputShape(Ort::ShapeInferContext& ctx) {
@@ -75,12 +70,7 @@ struct MaxPoolGradientOp
 }  // namespace
 
 void add_max_pool_gradient_ops(Ort::CustomOpDomain& domain) {
-  static MaxPoolGradientOp<false> cpu;
-  domain.Add(&cpu);
-#ifdef OSAL_WITH_CUDA
-  static MaxPoolGradientOp<true> cuda;
-  domain.Add(&cuda);
-#endif
+  add_cpu_and_cuda<MaxPoolGradientOp>(domain);
 }
 
 }  // namespace onnx_saliency::ort

@@ -44,7 +44,8 @@ struct NormGradKernel {
 };
 
 template <bool Cuda>
-struct NormGradOp : Ort::CustomOpBase<NormGradOp<Cuda>, NormGradKernel<Cuda>, true> {
+struct NormGradOp
+    : FloatOp<NormGradOp<Cuda>, NormGradKernel<Cuda>, Cuda, 2> {
   OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
     return guarded(kOp, [&]() -> OrtStatusPtr {
       const std::string mode = string_attr(info, "mode", "identity");
@@ -61,11 +62,6 @@ struct NormGradOp : Ort::CustomOpBase<NormGradOp<Cuda>, NormGradKernel<Cuda>, tr
     });
   }
   const char* GetName() const { return kOp; }
-  const char* GetExecutionProviderType() const { return Cuda ? kCuda : kCpu; }
-  size_t GetInputTypeCount() const { return 2; }
-  ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-  size_t GetOutputTypeCount() const { return 1; }
-  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
 
   // Output shape [N, 1, Ho, Wo] taken from g.
   static OrtStatusPtr InferOutputShape(Ort::ShapeInferContext& ctx) {
@@ -82,12 +78,7 @@ struct NormGradOp : Ort::CustomOpBase<NormGradOp<Cuda>, NormGradKernel<Cuda>, tr
 }  // namespace
 
 void add_normgrad_ops(Ort::CustomOpDomain& domain) {
-  static NormGradOp<false> cpu;
-  domain.Add(&cpu);
-#ifdef OSAL_WITH_CUDA
-  static NormGradOp<true> cuda;
-  domain.Add(&cuda);
-#endif
+  add_cpu_and_cuda<NormGradOp>(domain);
 }
 
 }  // namespace onnx_saliency::ort

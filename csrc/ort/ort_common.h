@@ -72,6 +72,29 @@ class OrtParallel final : public Parallel {
   const Ort::KernelContext& ctx_;
 };
 
+// What every op of this library declares alike: `Inputs` float32 inputs and one float32 output,
+// for the CPU or (Cuda) the CUDA provider. Op adds GetName, CreateKernelV2 and InferOutputShape.
+template <class Op, class Kernel, bool Cuda, size_t Inputs>
+struct FloatOp : Ort::CustomOpBase<Op, Kernel, true> {
+  const char* GetExecutionProviderType() const { return Cuda ? kCuda : kCpu; }
+  size_t GetInputTypeCount() const { return Inputs; }
+  ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+};
+
+// Adds Op<false> (CPU) and, when built with CUDA, Op<true> to `domain`; ORT keeps pointers, so the
+// instances live for the process.
+template <template <bool> class Op>
+void add_cpu_and_cuda(Ort::CustomOpDomain& domain) {
+  static Op<false> cpu;
+  domain.Add(&cpu);
+#ifdef OSAL_WITH_CUDA
+  static Op<true> cuda;
+  domain.Add(&cuda);
+#endif
+}
+
 // Op registration entry points, one per op file.
 void add_normgrad_ops(Ort::CustomOpDomain& domain);
 void add_rectified_conv_transpose_ops(Ort::CustomOpDomain& domain);

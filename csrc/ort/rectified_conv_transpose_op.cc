@@ -50,7 +50,7 @@ struct RectifiedConvTransposeKernel {
 
 template <bool Cuda>
 struct RectifiedConvTransposeOp
-    : Ort::CustomOpBase<RectifiedConvTransposeOp<Cuda>, RectifiedConvTransposeKernel<Cuda>, true> {
+    : FloatOp<RectifiedConvTransposeOp<Cuda>, RectifiedConvTransposeKernel<Cuda>, Cuda, 3> {
   OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
     return guarded(kOp, [&]() -> OrtStatusPtr {
       ConvGeometry geo;
@@ -64,11 +64,6 @@ struct RectifiedConvTransposeOp
     });
   }
   const char* GetName() const { return kOp; }
-  const char* GetExecutionProviderType() const { return Cuda ? kCuda : kCpu; }
-  size_t GetInputTypeCount() const { return 3; }
-  ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-  size_t GetOutputTypeCount() const { return 1; }
-  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
 
   // Output shape = the shape of a (input 2).
   static OrtStatusPtr InferOutputShape(Ort::ShapeInferContext& ctx) {
@@ -84,12 +79,7 @@ struct RectifiedConvTransposeOp
 }  // namespace
 
 void add_rectified_conv_transpose_ops(Ort::CustomOpDomain& domain) {
-  static RectifiedConvTransposeOp<false> cpu;
-  domain.Add(&cpu);
-#ifdef OSAL_WITH_CUDA
-  static RectifiedConvTransposeOp<true> cuda;
-  domain.Add(&cuda);
-#endif
+  add_cpu_and_cuda<RectifiedConvTransposeOp>(domain);
 }
 
 }  // namespace onnx_saliency::ort
