@@ -126,7 +126,7 @@ def conv_params(ctx: RuleContext, node: onnx.NodeProto) -> tuple[list[int], dict
 
 
 def to_blocked_layout(ctx: RuleContext, value: str, like: str) -> str:
-    """`value` (shaped like `like`) through a 1×1 depthwise identity Conv when `like` is
+    """`value` (shaped like `like`) through a 1×1 depthwise identity Conv when `like` is a float32
     [N, C, H, W] with C a multiple of 16; else `value` itself.
 
     ONNX Runtime's CPU provider keeps Conv outputs, and the Sums and Muls between them, in a
@@ -134,7 +134,8 @@ def to_blocked_layout(ctx: RuleContext, value: str, like: str) -> str:
     addend pins a whole residual skip path of Sums and ReLU masks to NCHW, each reordered in and
     out. The identity Conv takes such a tensor back into the blocked layout in one pass."""
     shape = ctx.index.shapes.get(like)
-    if not shape or len(shape) != 4 or not isinstance(shape[1], int) or shape[1] % 16:
+    if (not shape or len(shape) != 4 or not isinstance(shape[1], int) or shape[1] % 16
+            or ctx.index.types.get(like) != onnx.TensorProto.FLOAT):
         return value
     c = shape[1]
     ones = ctx.b.const(np.ones((c, 1, 1, 1), np.float32))

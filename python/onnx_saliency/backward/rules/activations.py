@@ -10,6 +10,7 @@ Softmax: y⊙(g − Σ g⊙y). LogSoftmax: g − exp(y)·Σ g.
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
 from ...graph import attrs_of
 from ..context import RuleContext
@@ -38,7 +39,8 @@ def _relu_mask(ctx: RuleContext, node) -> str:
     reorder to NCHW and back."""
     y = node.output[0]
     shape = ctx.index.shapes.get(y)
-    if shape is not None and len(shape) == 4 and isinstance(shape[1], int):
+    if (shape is not None and len(shape) == 4 and isinstance(shape[1], int)
+            and ctx.index.types.get(y) == onnx.TensorProto.FLOAT):
         c = shape[1]
         gain = ctx.b.const(np.full((c, 1, 1, 1), _MASK_GAIN, np.float32))
         scaled = ctx.b.op("Conv", y, gain, group=c, kernel_shape=[1, 1])
