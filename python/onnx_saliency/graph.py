@@ -8,6 +8,7 @@ methods share backward work until their rules differ.
 
 from __future__ import annotations
 
+import heapq
 from collections import defaultdict
 from typing import Iterable, Sequence
 
@@ -240,7 +241,7 @@ def interleave_early(graph: onnx.GraphProto, added: Sequence[onnx.NodeProto]) ->
     the residual Add (fused into the next Conv) the activation's last reader, as in the plain
     forward pass; read at the end of the graph, every such Add first copies the activation."""
     made = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    missing = [sum(1 for i in node.input if i not in made) for node in added]
+    missing = [len(set(node.input) - made) for node in added]
     waiting: dict[str, list[int]] = defaultdict(list)
     for k, node in enumerate(added):
         for i in set(node.input) - made:
@@ -248,27 +249,26 @@ def interleave_early(graph: onnx.GraphProto, added: Sequence[onnx.NodeProto]) ->
     out: list[onnx.NodeProto] = []
     placed = [False] * len(added)
 
-    def place(node: onnx.NodeProto) -> list[int]:
+    def place(node: onnx.NodeProto, ready: list[int]) -> None:
+        """Emit `node`; push the added nodes it completes onto the heap `ready`."""
         out.append(node)
-        ready = []
         for o in node.output:
             for k in waiting.pop(o, []):
                 missing[k] -= 1
                 if missing[k] == 0:
-                    ready.append(k)
-        return ready
+                    heapq.heappush(ready, k)
 
-    def place_ready(ready: list[int]) -> None:
-        ready = sorted(ready)
+    def drain(ready: list[int]) -> None:
         while ready:
-            k = ready.pop(0)
+            k = heapq.heappop(ready)
             placed[k] = True
-            ready = sorted(ready + place(added[k]))
+            place(added[k], ready)
 
-    place_ready([k for k, m in enumerate(missing) if m == 0])
+    ready = [k for k, m in enumerate(missing) if m == 0]
+    heapq.heapify(ready)
+    drain(ready)
     for node in graph.node:
-        place_ready(place(node))
-    for k, node in enumerate(added):
-        if not placed[k]:
-            out.append(node)
+        place(node, ready)
+        drain(ready)
+    out.extend(node for k, node in enumerate(added) if not placed[k])
     return out

@@ -35,6 +35,15 @@ class RuleContext:
             f"Node '{node.name}' (op {node.op_type}, opset {self.index.opset}) {why}.")
 
     # -- shapes -------------------------------------------------------------------------
+    def float_channels(self, name: str) -> int | None:
+        """C of a float32 [N, C, H, W] tensor whose C is known, else None: the tensors the
+        blocked-layout forms (channel_scale, to_blocked_layout) apply to."""
+        shape = self.index.shapes.get(name)
+        if (shape is None or len(shape) != 4 or not isinstance(shape[1], int)
+                or self.index.types.get(name) != onnx.TensorProto.FLOAT):
+            return None
+        return shape[1]
+
     def spatial(self, name: str) -> tuple[int, ...] | None:
         shape = self.index.shapes.get(name)
         if shape is None or len(shape) < 3 or not all(isinstance(d, int) for d in shape[2:]):
@@ -125,6 +134,13 @@ def conv_params(ctx: RuleContext, node: onnx.NodeProto) -> tuple[list[int], dict
     return kernel, conv_geometry(ctx, node, node.input[0], kernel), attrs_of(node).get("group", 1)
 
 
+def channel_scale(ctx: RuleContext, x: str, channels: int, factor: float) -> str:
+    """x·factor as a 1×1 depthwise Conv: a Conv, unlike a Mul by a constant, is kept in ONNX
+    Runtime's blocked (NCHWc) CPU layout, and an activation after it is fused."""
+    weight = ctx.b.const(np.full((channels, 1, 1, 1), factor, np.float32))
+    return ctx.b.op("Conv", x, weight, group=channels, kernel_shape=[1, 1])
+
+
 def to_blocked_layout(ctx: RuleContext, value: str, like: str) -> str:
     """`value` (shaped like `like`) through a 1×1 depthwise identity Conv when `like` is a float32
     [N, C, H, W] with C a multiple of 16; else `value` itself.
@@ -133,13 +149,10 @@ def to_blocked_layout(ctx: RuleContext, value: str, like: str) -> str:
     blocked (NCHWc) layout, but a ConvTranspose or custom op hands back plain NCHW, and one plain
     addend pins a whole residual skip path of Sums and ReLU masks to NCHW, each reordered in and
     out. The identity Conv takes such a tensor back into the blocked layout in one pass."""
-    shape = ctx.index.shapes.get(like)
-    if (not shape or len(shape) != 4 or not isinstance(shape[1], int) or shape[1] % 16
-            or ctx.index.types.get(like) != onnx.TensorProto.FLOAT):
+    c = ctx.float_channels(like)
+    if c is None or c % 16:
         return value
-    c = shape[1]
-    ones = ctx.b.const(np.ones((c, 1, 1, 1), np.float32))
-    return ctx.b.op("Conv", value, ones, group=c, kernel_shape=[1, 1])
+    return channel_scale(ctx, value, c, 1.0)
 
 
 def conv_transpose_to(ctx: RuleContext, g: str, out: str, w: str, like: str,

@@ -10,10 +10,9 @@ Softmax: y⊙(g − Σ g⊙y). LogSoftmax: g − exp(y)·Σ g.
 from __future__ import annotations
 
 import numpy as np
-import onnx
 
 from ...graph import attrs_of
-from ..context import RuleContext
+from ..context import RuleContext, channel_scale
 
 
 def _mask(ctx: RuleContext, cond: str, g: str) -> str:
@@ -38,12 +37,9 @@ def _relu_mask(ctx: RuleContext, node) -> str:
     beside the backward convs; Cast(Greater(y, 0)) (the fallback) would pull each through a
     reorder to NCHW and back."""
     y = node.output[0]
-    shape = ctx.index.shapes.get(y)
-    if (shape is not None and len(shape) == 4 and isinstance(shape[1], int)
-            and ctx.index.types.get(y) == onnx.TensorProto.FLOAT):
-        c = shape[1]
-        gain = ctx.b.const(np.full((c, 1, 1, 1), _MASK_GAIN, np.float32))
-        scaled = ctx.b.op("Conv", y, gain, group=c, kernel_shape=[1, 1])
+    c = ctx.float_channels(y)
+    if c is not None:
+        scaled = channel_scale(ctx, y, c, _MASK_GAIN)
         return ctx.b.op("Clip", scaled, ctx.b.const(0.0), ctx.b.const(1.0))
     positive = ctx.b.op("Greater", y, ctx.b.const(0.0))
     return ctx.b.op("Cast", positive, to=ctx.index.types.get(y, 1))

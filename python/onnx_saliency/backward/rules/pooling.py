@@ -12,7 +12,6 @@ GlobalMaxPool: the signal goes to the (first) argmax of each channel.
 from __future__ import annotations
 
 import numpy as np
-import onnx
 
 from ... import fused
 from ...graph import attrs_of
@@ -101,13 +100,12 @@ def _spread(ctx: RuleContext, g: str, x: str, over: list[int], mean: bool) -> st
 
 def global_average_pool(ctx, node, grads):
     x = node.input[0]
-    shape = ctx.index.shapes.get(x)
-    if (shape is not None and len(shape) == 4 and all(isinstance(d, int) for d in shape[1:])
-            and ctx.index.types.get(x) == onnx.TensorProto.FLOAT):
+    c, hw = ctx.float_channels(x), ctx.spatial(x)
+    if c is not None and hw is not None:
         # the same spread as one depthwise Conv of a constant H×W kernel 1/HW over g padded by
         # (H−1, W−1): ONNX Runtime keeps a Conv's output in its blocked layout, so the whole
         # backward downstream can stay there (an Expand would pin it to plain NCHW)
-        c, h, w = shape[1:]
+        h, w = hw
         kernel = ctx.b.const(np.full((c, 1, h, w), 1.0 / (h * w), np.float32))
         return [ctx.b.op("Conv", grads[0], kernel, group=c, kernel_shape=[h, w],
                          pads=[h - 1, w - 1, h - 1, w - 1])]
