@@ -42,7 +42,7 @@ POOLS = [(64, 112, 3, 2, 1), (64, 224, 2, 2, 0), (128, 112, 2, 2, 0), (256, 56, 
          (512, 28, 2, 2, 0), (512, 14, 2, 2, 0)]
 
 
-def _model(inputs: dict[str, list[int]], build, forward=lambda: [],
+def _model(inputs: dict[str, list[int]], build, forward=list,
            forward_outputs=()) -> tuple[onnx.ModelProto, onnx.ModelProto]:
     """(fused, portable) models over `inputs` and the nodes `forward()` makes (outputs
     `forward_outputs`); `build(b, ctx, graph)` emits the op and returns its output."""

@@ -97,8 +97,8 @@ def main():
                     ratio_c, _ = paired_ratio(lambda: captum_fn(model, xt.clone()), torch_forward,
                                               args.repeat)
                     captum = f"{ratio_c:.2f}×"
-                rows.append((batch, f"| {name} | {batch} | {key} | {ratio:.2f}× | {captum} | "
-                                    f"{1e3 * t_fwd:.0f} |"))
+                rows.append((batch, (f"| {name} | {batch} | {key} | {ratio:.2f}× | {captum} | "
+                                     f"{1e3 * t_fwd:.0f} |")))
             ex = None  # one explainer alive at a time
         for _, row in sorted(rows, key=lambda r: r[0]):
             print(row, flush=True)
