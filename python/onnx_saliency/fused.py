@@ -12,8 +12,8 @@ RectifiedConvTranspose(g, z, a; kernel_shape, strides, pads, dilations, group, e
     per group j: S = Σ_{k∈j} g⊙z, D = Conv(Σ_{c∈j}|a|, ones_k), out = sign(a) ⊙
     ConvTranspose(S / (D + ε), ones_k) cropped to a's size (the TSGB-Conv rule, METHODS.md §5).
 MaxPoolGradient(x, g; kernel_shape, strides, pads, dilations) -> like x
-    g routed to each window's first maximum of x, recomputed from x = ScatterElements(add) of g
-    at the forward MaxPool's Indices output (rules/pooling.py, the twin). Without Indices the
+    g routed to each window's first maximum, recomputed from x. Twin (rules/pooling.py):
+    ScatterElements(add) of g at the forward MaxPool's Indices output. Without Indices the
     forward MaxPool keeps ONNX Runtime's fast blocked-layout kernel.
 """
 
