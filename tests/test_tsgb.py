@@ -270,3 +270,45 @@ def test_tsgb_options_and_normalized_form(tmp_path):
     np.testing.assert_allclose(shown, np.maximum(raw, 0) / np.abs(raw).max(), rtol=1e-5, atol=1e-7)
     with pytest.raises(osal.MethodError, match="fc"):
         methods.TSGB(fc="some")
+
+
+def test_fused_and_portable_tsgb_agree_on_a_model_of_unknown_spatial_size():
+    """The rapidocr classifier's height and width are symbolic, so every fit of a spread back to
+    its input's size is computed at run time (a fit that padded the channel axis too once zeroed
+    the portable maps here). Fused: RectifiedConvTranspose on its depthwise convs."""
+    path = rapidocr_classifier()
+    x = _images(2, 48, seed=4)[..., :48].repeat(4, axis=3)  # [2, 3, 48, 192]
+    maps = [osal.Explainer(path, methods=["tsgb"], fused=f).explain(x, [0, 1])["tsgb"]
+            for f in (True, False)]
+    assert np.abs(maps[1]).max() > 0
+    assert np.abs(maps[0] - maps[1]).max() <= 1e-5 * np.abs(maps[1]).max()
+
+
+def test_sums_of_broadcasts_are_summed_as_one_channel_maps():
+    """GraphBuilder.sum: Σ_i sign ⊙ B(s_i) = sign ⊙ B(Σ_i s_i), one broadcasting Conv; other
+    terms are added as they are."""
+    from onnx_saliency.graph import GraphBuilder
+
+    c = 16
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n, shape in
+              [("a", [1, c, 4, 5]), ("s1", [1, 1, 4, 5]), ("s2", [1, 1, 4, 5]),
+               ("other", [1, c, 4, 5])]]
+    graph = helper.make_graph([], "g", inputs, [])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    b = GraphBuilder(GraphIndex(model))
+    sign = b.op("Sign", "a")
+    ones = b.const(np.ones((c, 1, 1, 1), np.float32))
+    total = b.sum([b.broadcast("a", sign, "s1", ones), "other", b.broadcast("a", sign, "s2", ones)])
+    assert b.broadcasts[b.summands[total][0]].spread != "s1"
+    model.graph.node.extend(b.nodes)
+    model.graph.initializer.extend(b.initializers)
+    model.graph.output.append(helper.make_tensor_value_info(total, TensorProto.FLOAT, None))
+    from onnx_saliency.canonical import remove_dead_code
+    model = remove_dead_code(model)
+    assert sum(n.op_type == "Conv" for n in model.graph.node) == 1
+    rng = np.random.default_rng(0)
+    feeds = {n: rng.standard_normal(s).astype(np.float32) for n, s in
+             [("a", (1, c, 4, 5)), ("s1", (1, 1, 4, 5)), ("s2", (1, 1, 4, 5)), ("other", (1, c, 4, 5))]}
+    out = make_session(model).run(None, feeds)[0]
+    expected = np.sign(feeds["a"]) * (feeds["s1"] + feeds["s2"]) + feeds["other"]
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)

@@ -20,7 +20,7 @@ from .backward.context import RuleContext
 from .backward.rules import RULE_TABLES
 from .backward.rules.tsgb import selected_fc_nodes
 from .backward.walk import backward
-from .canonical import BATCH, CanonicalModel, ModelSource, canonicalize
+from .canonical import BATCH, CanonicalModel, ModelSource, canonicalize, remove_dead_code
 from . import fused as fused_ops
 from . import meta
 from .combine import combination
@@ -146,7 +146,7 @@ class _Assembly:
                 self.model.metadata_props.append(
                     onnx.StringStringEntryProto(key=key, value=json.dumps(value)))
         del graph.value_info[:]
-        return self.model
+        return remove_dead_code(self.model)
 
 
 def _check_4d(index: GraphIndex, tensor: str, label: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -113,6 +114,17 @@ def _freeze(value):
     return value
 
 
+@dataclass(frozen=True)
+class Broadcast:
+    """A tensor emitted as sign ⊙ Conv(spread, weight): a one-channel map `spread` [N,1,H,W]
+    repeated over the channels by the all-ones 1×1 `weight` [C,1,1,1], times `sign` = sign(a)
+    (TSGB-Conv's ĝ_a). Kept so that sums and later rules can work on `spread` alone."""
+    a: str
+    sign: str
+    spread: str
+    weight: str
+
+
 class GraphBuilder:
     """Emits nodes and constants with fresh names; identical nodes are emitted once (CSE)."""
 
@@ -129,6 +141,8 @@ class GraphBuilder:
         self._counter = 0
         self._cse: dict[tuple, list[str]] = {}
         self._consts: dict[tuple, str] = {}
+        self.broadcasts: dict[str, Broadcast] = {}  # output name -> its factors (broadcast())
+        self.summands: dict[str, list[str]] = {}    # output name of sum() -> its terms
 
     def fresh(self, hint: str) -> str:
         while True:
@@ -219,10 +233,34 @@ class GraphBuilder:
     def zeros_like(self, x: str) -> str:
         return self.op("Mul", x, self.const(0.0))
 
+    def broadcast(self, a: str, sign: str, spread: str, weight: str) -> str:
+        """sign ⊙ Conv(spread, weight), recorded as a `Broadcast`."""
+        out = self.op("Mul", sign, self.op("Conv", spread, weight))
+        self.broadcasts[out] = Broadcast(a, sign, spread, weight)
+        return out
+
     def sum(self, terms: Sequence[str]) -> str:
-        if len(terms) == 1:
-            return terms[0]
-        return self.op("Sum", *terms)
+        """Σ terms; broadcasts with the same sign and weight are summed as one-channel maps first
+        (Σ_i m ⊙ B(s_i) = m ⊙ B(Σ_i s_i))."""
+        groups: dict[tuple[str, str], list[Broadcast]] = defaultdict(list)
+        for t in terms:
+            if t in self.broadcasts:
+                f = self.broadcasts[t]
+                groups[(f.sign, f.weight)].append(f)
+        merged: list[str] = []
+        for t in terms:
+            f = self.broadcasts.get(t)
+            group = groups.get((f.sign, f.weight)) if f is not None else None
+            if group is None or len(group) == 1:
+                merged.append(t)
+            elif group[0] is f:
+                spread = self.op("Sum", *(g.spread for g in group))
+                merged.append(self.broadcast(f.a, f.sign, spread, f.weight))
+        if len(merged) == 1:
+            return merged[0]
+        out = self.op("Sum", *merged)
+        self.summands[out] = merged
+        return out
 
     def resize_to(self, x: str, like: str) -> str:
         """Bilinear (half-pixel) resize of a 4-D tensor to the spatial size of 4-D `like`."""

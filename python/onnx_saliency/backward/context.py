@@ -51,7 +51,8 @@ class RuleContext:
         return tuple(shape[2:])  # type: ignore[arg-type]
 
     def fit_spatial(self, y: str, like: str, y_hw: Sequence[int] | None) -> str:
-        """Crop or zero-pad the trailing spatial dims of `y` to those of `like`."""
+        """Crop or zero-pad the trailing spatial dims of `y` to those of `like` (batch and
+        channels untouched)."""
         b = self.b
         like_hw = self.spatial(like)
         if y_hw is not None and like_hw is not None:
@@ -67,8 +68,8 @@ class RuleContext:
         n = rank - 2
         target = b.shape(like, 2, rank)
         y = b.op("Slice", y, b.ints([0] * n), target, b.ints(range(2, rank)))
-        diff = b.op("Sub", b.shape(like), b.shape(y))
-        pads = b.op("Concat", b.ints([0] * rank), diff, axis=0)
+        diff = b.op("Sub", target, b.shape(y, 2, rank))  # spatial only: y may have other channels
+        pads = b.op("Concat", b.ints([0] * (rank + 2)), diff, axis=0)
         return b.op("Pad", y, pads)
 
     def unbroadcast(self, g: str, target: str, out: str, matrix: bool = False) -> str:

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..backward.context import RuleContext
+from ..backward.rules import tsgb as tsgb_rules
 from ..errors import MethodError
 from .base import Method
-from .heads import aggregate
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class TSGB(Method):
         return {"gamma": float(self.gamma), "fc": self.fc}
 
     def head(self, b, x, g):
-        m = aggregate(b, b.op("Mul", x, g), "sum")
+        m = b.squeeze(tsgb_rules.relevance(RuleContext(b, b.index), x, g), [1])
         if not self.normalize:
             return m
         peak = b.reduce("ReduceMax", b.op("Abs", m), [1, 2], keepdims=True)

@@ -24,7 +24,7 @@ def _positive(ctx: RuleContext, x: str) -> str:
 
 
 # 2^127: times any positive normal float32 (≥ 2^-126) it is ≥ 2, so Clip(·, 0, 1) gives exactly 1
-_MASK_GAIN = np.float32(2.0 ** 127)
+MASK_GAIN = np.float32(2.0 ** 127)
 
 
 def _relu_mask(ctx: RuleContext, node) -> str:
@@ -39,7 +39,7 @@ def _relu_mask(ctx: RuleContext, node) -> str:
     y = node.output[0]
     c = ctx.float_channels(y)
     if c is not None:
-        scaled = channel_scale(ctx, y, c, _MASK_GAIN)
+        scaled = channel_scale(ctx, y, c, MASK_GAIN)
         return ctx.b.op("Clip", scaled, ctx.b.const(0.0), ctx.b.const(1.0))
     positive = ctx.b.op("Greater", y, ctx.b.const(0.0))
     return ctx.b.op("Cast", positive, to=ctx.index.types.get(y, 1))

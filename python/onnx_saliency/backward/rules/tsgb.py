@@ -1,16 +1,27 @@
 """TSGB: target-selective gradient backprop (METHODS.md §5), as rules of the backward walk.
 
 Conv (TSGB-Conv): ĝ_a = sign(a) ⊙ ConvTranspose(S / (D + ε), ones) per group, S = Σ_k ĝ_z ⊙ z,
-    D = box-sum of Σ_c |a| (fused op RectifiedConvTranspose, or its portable twin). The weights
-    enter only through z; conservation Σ a ⊙ ĝ_a = Σ ĝ_z ⊙ z (bias share included).
+    D = box-sum of Σ_c |a|. The weights enter only through z; conservation Σ a ⊙ ĝ_a = Σ ĝ_z ⊙ z
+    (bias share included).
+      groups = 1 (known channels): one-channel maps in standard ops, ĝ_a a GraphBuilder
+        broadcast sign(a) ⊙ B(spread) (see _channel_summed), both with and without fused ops:
+        ONNX Runtime keeps these ops in its blocked CPU layout, where a custom op would pull
+        every activation it reads out of that layout and back.
+      grouped/depthwise (or channels unknown): the fused op RectifiedConvTranspose, or its
+        portable twin.
 BatchNormalization (ratio rule): ĝ_x = ĝ_y ⊙ y / (x + 1e-10), relevance passes unchanged.
 Fully-connected (TSGB-FC) on the last FC layer (option fc="all": every FC layer), z = W a + b:
     β_j = γ z⁺_j / |z⁻_j|, ĝ_a = W⁺ᵀ ĝ_z + W⁻ᵀ (β ⊙ ĝ_z), z± = W± a (bias excluded).
 Everything else keeps the plain gradient. Options (ctx.options): gamma (1.0), fc ("last"|"all").
 
-Conv→ReLU shortcut (exact): with ĝ_z = ĝ_y ⊙ 1[z>0], S = Σ ĝ_z ⊙ z = Σ ĝ_y ⊙ y, so where a conv's
-only consumer is a ReLU (and the conv output is not itself tapped) the ReLU passes ĝ_y unmasked
-and the conv rule reads y for z: no mask nodes, and ONNX Runtime keeps Conv+ReLU fused.
+Exact rewrites that keep tensors with channels out of the graph:
+- Conv→ReLU: with ĝ_z = ĝ_y ⊙ 1[z>0], S = Σ ĝ_z ⊙ z = Σ ĝ_y ⊙ y, so where a conv's only consumer
+  is a ReLU (and the conv output is not itself tapped) the ReLU passes ĝ_y unmasked and the conv
+  rule reads y for z: no mask nodes, and ONNX Runtime keeps Conv+ReLU fused.
+- ĝ_y = sign(y) ⊙ B(s) (the next conv's broadcast): S = s ⊙ Σ_k |y|.
+- Conv → Add(·, other) → ReLU → y (a residual block): S = Σ ĝ_u ⊙ y − Σ ĝ_u ⊙ other, so the
+  forward keeps Conv+Add+ReLU fused and never stores the conv's own output.
+- A ReLU whose output y carries sign(y) ⊙ B(s) terms drops their sign (its mask applies it).
 """
 
 from __future__ import annotations
@@ -19,7 +30,7 @@ import numpy as np
 
 from ... import fused
 from ...graph import attrs_of
-from ..context import RuleContext, conv_params
+from ..context import RuleContext, channel_scale, conv_params, conv_transpose_to
 from . import activations, linear
 
 EPS = 1e-10
@@ -38,6 +49,14 @@ def relu(ctx: RuleContext, node, grads):
     producer = ctx.index.producer.get(node.input[0])
     if producer is not None and producer.op_type == "Conv" and _relu_after(ctx, node.input[0]):
         return [grads[0]]                       # the conv rule accounts for the mask
+    # a term sign(y) ⊙ B(s) (a TSGB-Conv reading y) needs no sign: sign(y) = 1[y>0] for a ReLU's
+    # output, and the mask below applies it; the Sum then fuses into the broadcasting Conv
+    b, y = ctx.b, node.output[0]
+    terms = b.summands.get(grads[0], [grads[0]])
+    unsigned = [b.op("Conv", f.spread, f.weight) if (f := b.broadcasts.get(t)) and f.a == y
+                else t for t in terms]
+    if unsigned != terms:
+        grads = [b.sum(unsigned)]
     return activations.relu_gradient(ctx, node, grads)
 
 
@@ -53,10 +72,116 @@ def conv(ctx: RuleContext, node, grads):
         raise ctx.unsupported(node, "is not a 2-D convolution; TSGB-Conv covers 2-D convolutions")
     relu_node = _relu_after(ctx, node.output[0])
     z = relu_node.output[0] if relu_node is not None else node.output[0]
+    a = node.input[0]
+    if group == 1 and ctx.float_channels(a) is not None and ctx.float_channels(z) is not None:
+        result[0] = _channel_summed(ctx, node, grads[0], z, kernel, geo)
+        return result
     result[0] = fused.rectified_conv_transpose(
-        ctx, grads[0], z, node.input[0], kernel, geo["strides"], geo["pads"],
+        ctx, grads[0], z, a, kernel, geo["strides"], geo["pads"],
         geo["dilations"], group, EPS)
     return result
+
+
+# -- TSGB-Conv for groups = 1 as single-channel maps -----------------------------------------
+# With groups = 1 the rule is one map per location: ĝ_a = sign(a) ⊙ spread, spread [N,1,H,W].
+# Built from standard ops that ONNX Runtime's CPU provider keeps in its blocked layout (channel
+# sums and the broadcast are Convs with all-ones weights), and emitted as a GraphBuilder
+# broadcast, so that the conv producing a (through a ReLU) reads S = spread ⊙ Σ_c |a| off it:
+# inside a chain conv→ReLU→conv no tensor with channels is made at all (its nodes are dead).
+
+def _nonnegative(ctx: RuleContext, x: str) -> bool:
+    producer = ctx.index.producer.get(x)
+    if producer is None:
+        return False
+    if producer.op_type in ("Relu", "Sigmoid"):
+        return True
+    if producer.op_type in ("MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePool"):
+        return _nonnegative(ctx, producer.input[0])
+    return False
+
+
+def _channel_sum(ctx: RuleContext, x: str, like: str) -> str:
+    """Σ_c x [N,1,H,W]; x is shaped like `like`. With C ≥ 16 a 1×1 Conv with all-ones weights
+    (kept in ONNX Runtime's blocked layout), else a ReduceSum."""
+    c = ctx.float_channels(like)
+    if c is None or c < 16:
+        return ctx.b.reduce("ReduceSum", x, [1])
+    return ctx.b.op("Conv", x, ctx.b.const(np.ones((1, c, 1, 1), np.float32)))
+
+
+def abs_channel_sum(ctx: RuleContext, a: str) -> str:
+    """Σ_c |a| [N,1,H,W]."""
+    return _channel_sum(ctx, a if _nonnegative(ctx, a) else ctx.b.op("Abs", a), a)
+
+
+def _sign(ctx: RuleContext, a: str) -> str:
+    """sign(a) for float32 [N,C,H,W]: Clip(2^127·a, lo, 1) as a 1×1 depthwise Conv, lo = 0 for
+    a known ≥ 0 (the ReLU mask, shared), else -1; exact for every normal float."""
+    c = ctx.float_channels(a)
+    lo = 0.0 if _nonnegative(ctx, a) else -1.0
+    scaled = channel_scale(ctx, a, c, activations.MASK_GAIN)
+    return ctx.b.op("Clip", scaled, ctx.b.const(lo), ctx.b.const(1.0))
+
+
+def _residual_add(ctx: RuleContext, z: str):
+    """(y, other) when z's only consumer is Add(z, other) whose only consumer is a ReLU with
+    output y (neither tapped) and `other` is not itself a conv output read only by that Add
+    (then that conv, not this one, takes the shortcut); else None."""
+    users = ctx.index.consumers.get(z, [])
+    if len(users) != 1 or users[0].op_type != "Add" or list(users[0].input).count(z) != 1:
+        return None
+    add = users[0]
+    other = add.input[1] if add.input[0] == z else add.input[0]
+    relu = _relu_after(ctx, add.output[0])
+    if relu is None or ctx.index.shapes.get(other) != ctx.index.shapes.get(z):
+        return None
+    other_producer = ctx.index.producer.get(other)
+    if (add.input[0] != z and other_producer is not None and other_producer.op_type == "Conv"
+            and len(ctx.index.consumers.get(other, [])) == 1):
+        return None
+    return relu.output[0], other
+
+
+def _relevance_sum(ctx: RuleContext, g: str, z: str) -> str:
+    """S = Σ_k ĝ_z ⊙ z [N,1,Ho,Wo].
+
+    ĝ_z = sign(z) ⊙ spread (recorded): S = spread ⊙ Σ_k |z|. z feeding only u = z + other → ReLU
+    → y: S = Σ ĝ_u ⊙ y − Σ ĝ_u ⊙ other (ĝ_z = ĝ_u and ĝ_u ⊙ u = ĝ_u ⊙ y), so the forward keeps
+    Conv+Add+ReLU fused and z is never stored."""
+    b = ctx.b
+    factors = b.broadcasts.get(g)
+    if factors is not None and factors.a == z:
+        return b.op("Mul", factors.spread, abs_channel_sum(ctx, z))
+    residual = _residual_add(ctx, z)
+    if residual is not None:
+        y, other = residual
+        return b.op("Sub", _channel_sum(ctx, b.op("Mul", g, y), z),
+                    _channel_sum(ctx, b.op("Mul", g, other), z))
+    return _channel_sum(ctx, b.op("Mul", g, z), z)
+
+
+def _channel_summed(ctx: RuleContext, node, g: str, z: str, kernel, geo) -> str:
+    b, a = ctx.b, node.input[0]
+    ones = b.const(np.ones([1, 1] + list(kernel), np.float32))
+    s = _relevance_sum(ctx, g, z)
+    pointwise = list(kernel) == [1, 1] and geo["strides"] == [1, 1] and not any(geo["pads"])
+    d = abs_channel_sum(ctx, a)
+    if not pointwise:  # (a 1×1 stride-1 window sum is the map itself)
+        d = b.op("Conv", d, ones, **geo)
+    ratio = b.op("Div", s, b.op("Add", d, b.const(np.float32(EPS))))
+    spread = ratio if pointwise else conv_transpose_to(
+        ctx, ratio, z, ones, a, kernel, geo["strides"], geo["pads"], geo["dilations"])
+    ones_c = b.const(np.ones((ctx.float_channels(a), 1, 1, 1), np.float32))
+    return b.broadcast(a, _sign(ctx, a), spread, ones_c)
+
+
+def relevance(ctx: RuleContext, x: str, g: str) -> str:
+    """Σ_c x ⊙ g [N,1,H,W]; for g = sign(x) ⊙ B(spread) (TSGB-Conv at x), spread ⊙ Σ_c |x|."""
+    b = ctx.b
+    factors = b.broadcasts.get(g)
+    if factors is not None and factors.a == x:
+        return b.op("Mul", factors.spread, abs_channel_sum(ctx, x))
+    return b.reduce("ReduceSum", b.op("Mul", x, g), [1])
 
 
 def batch_norm(ctx: RuleContext, node, grads):
