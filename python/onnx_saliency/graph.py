@@ -118,9 +118,10 @@ def _freeze(value):
 class Broadcast:
     """A tensor emitted as sign ⊙ Conv(spread, weight): a one-channel map `spread` [N,1,H,W]
     repeated over the channels by the all-ones 1×1 `weight` [C,1,1,1], times `sign` = sign(a)
-    (TSGB-Conv's ĝ_a). Kept so that sums and later rules can work on `spread` alone."""
+    (TSGB-Conv's ĝ_a), or unsigned (sign None). Kept so that sums and later rules can work on
+    `spread` alone."""
     a: str
-    sign: str
+    sign: str | None
     spread: str
     weight: str
 
@@ -141,8 +142,10 @@ class GraphBuilder:
         self._counter = 0
         self._cse: dict[tuple, list[str]] = {}
         self._consts: dict[tuple, str] = {}
-        self.broadcasts: dict[str, Broadcast] = {}  # output name -> its factors (broadcast())
-        self.summands: dict[str, list[str]] = {}    # output name of sum() -> its terms
+        # how some outputs were made, for rules that rewrite through them (TSGB):
+        self.broadcasts: dict[str, Broadcast] = {}         # broadcast() -> its factors
+        self.summands: dict[str, list[str]] = {}           # sum() of several -> its terms
+        self.masked: dict[str, tuple[str, str]] = {}       # g ⊙ 1[y>0] -> (g, y)
 
     def fresh(self, hint: str) -> str:
         while True:
@@ -233,9 +236,11 @@ class GraphBuilder:
     def zeros_like(self, x: str) -> str:
         return self.op("Mul", x, self.const(0.0))
 
-    def broadcast(self, a: str, sign: str, spread: str, weight: str) -> str:
-        """sign ⊙ Conv(spread, weight), recorded as a `Broadcast`."""
-        out = self.op("Mul", sign, self.op("Conv", spread, weight))
+    def broadcast(self, a: str, sign: str | None, spread: str, weight: str) -> str:
+        """sign ⊙ Conv(spread, weight) (without sign: the Conv), recorded as a `Broadcast`."""
+        out = self.op("Conv", spread, weight)
+        if sign is not None:
+            out = self.op("Mul", sign, out)
         self.broadcasts[out] = Broadcast(a, sign, spread, weight)
         return out
 

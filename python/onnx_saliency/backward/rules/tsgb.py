@@ -20,7 +20,9 @@ Exact rewrites that keep tensors with channels out of the graph:
   rule reads y for z: no mask nodes, and ONNX Runtime keeps Conv+ReLU fused.
 - ĝ_y = sign(y) ⊙ B(s) (the next conv's broadcast): S = s ⊙ Σ_k |y|.
 - Conv → Add(·, other) → ReLU → y (a residual block): S = Σ ĝ_u ⊙ y − Σ ĝ_u ⊙ other, so the
-  forward keeps Conv+Add+ReLU fused and never stores the conv's own output.
+  forward keeps Conv+Add+ReLU fused and never stores the conv's own output; Σ ĝ_u ⊙ y is taken
+  through the ReLU's mask to the terms of ĝ_y (see _channel_dot), one of which the next block
+  has already multiplied by y.
 - A ReLU whose output y carries sign(y) ⊙ B(s) terms drops their sign (its mask applies it).
 """
 
@@ -53,11 +55,14 @@ def relu(ctx: RuleContext, node, grads):
     # output, and the mask below applies it; the Sum then fuses into the broadcasting Conv
     b, y = ctx.b, node.output[0]
     terms = b.summands.get(grads[0], [grads[0]])
-    unsigned = [b.op("Conv", f.spread, f.weight) if (f := b.broadcasts.get(t)) and f.a == y
-                else t for t in terms]
+    unsigned = [b.broadcast(f.a, None, f.spread, f.weight)
+                if (f := b.broadcasts.get(t)) and f.a == y and f.sign is not None else t
+                for t in terms]
     if unsigned != terms:
         grads = [b.sum(unsigned)]
-    return activations.relu_gradient(ctx, node, grads)
+    out = activations.relu_gradient(ctx, node, grads)[0]
+    b.masked[out] = (grads[0], y)
+    return [out]
 
 
 def conv(ctx: RuleContext, node, grads):
@@ -155,9 +160,27 @@ def _relevance_sum(ctx: RuleContext, g: str, z: str) -> str:
     residual = _residual_add(ctx, z)
     if residual is not None:
         y, other = residual
-        return b.op("Sub", _channel_sum(ctx, b.op("Mul", g, y), z),
+        return b.op("Sub", _channel_dot(ctx, g, y, z),
                     _channel_sum(ctx, b.op("Mul", g, other), z))
     return _channel_sum(ctx, b.op("Mul", g, z), z)
+
+
+def _channel_dot(ctx: RuleContext, g: str, y: str, like: str) -> str:
+    """Σ_k g ⊙ y [N,1,H,W] for a ReLU output y. Where g = X ⊙ 1[y>0] (that ReLU's backward) it
+    is Σ_k X ⊙ y, term by term: a broadcast B(s) of y gives s ⊙ Σ_k y; any other term T gives
+    Σ_k T ⊙ y, the product the next residual block's rule forms for its own S (shared)."""
+    b = ctx.b
+    x, masked_y = b.masked.get(g, (None, None))
+    if masked_y != y:
+        return _channel_sum(ctx, b.op("Mul", g, y), like)
+    parts = []
+    for t in b.summands.get(x, [x]):
+        f = b.broadcasts.get(t)
+        if f is not None and (f.sign is None or f.a == y):
+            parts.append(b.op("Mul", f.spread, abs_channel_sum(ctx, y)))
+        else:
+            parts.append(_channel_sum(ctx, b.op("Mul", t, y), like))
+    return b.sum(parts)
 
 
 def _channel_summed(ctx: RuleContext, node, g: str, z: str, kernel, geo) -> str:
