@@ -240,9 +240,14 @@ def _max_pool_case(n, c, h, w, kh, kw, s, d, p, ceil, seed):
         if any(all(not 0 <= o * s - pad + t * d < size for t in range(k)) for o in range(out)):
             return None    # a window entirely in the padding: no input to route to
     g = rng.standard_normal(y.shape).astype(np.float32)
-    ref = np.zeros(x.size, np.float32)
-    np.add.at(ref, idx.ravel(), g.ravel())
-    return x, g, attrs, ref.reshape(x.shape)
+    return x, g, attrs, _route(idx, g, x.shape), (y, idx)
+
+
+def _route(idx, g, shape):
+    """g scatter-added at MaxPool Indices (flat positions in x)."""
+    out = np.zeros(int(np.prod(shape)), np.float64)
+    np.add.at(out, idx.ravel(), g.ravel())
+    return out.reshape(shape)
 
 
 pool_geometry = dict(
@@ -258,7 +263,7 @@ def test_max_pool_gradient_matches_onnxruntime_indices(**kw):
     case = _max_pool_case(**kw)
     if case is None:
         return
-    x, g, attrs, ref = case
+    x, g, attrs, ref, _ = case
     np.testing.assert_allclose(_kernels.max_pool_gradient(x, g, threads=2, **attrs), ref,
                                rtol=1e-6, atol=1e-6)
     out = _session("MaxPoolGradient", "xg", **attrs).run(None, {"x": x, "g": g})[0]
@@ -284,3 +289,39 @@ def test_max_pool_gradient_rejects_bad_input_without_crashing():
         sess.run(None, {"x": x, "g": np.zeros((1, 2, 4, 3), np.float32)})
     with pytest.raises(InvalidArgument, match="4-D"):
         sess.run(None, {"x": x[0], "g": g})
+
+
+@settings(max_examples=60, deadline=None)
+@given(**pool_geometry)
+def test_max_pool_relevance_matches_onnxruntime_indices(**kw):
+    """Σ_c x ⊙ route(sign(p) ⊙ s) with ONNX Runtime's Indices doing the routing."""
+    case = _max_pool_case(**kw)
+    if case is None:
+        return
+    x, _, attrs, _, (y, idx) = case
+    s = np.random.default_rng(kw["seed"] + 1).standard_normal(
+        (y.shape[0], 1) + y.shape[2:]).astype(np.float32)
+    ref = (x * _route(idx, np.sign(y) * s, x.shape)).sum(1, keepdims=True)
+    np.testing.assert_allclose(_kernels.max_pool_relevance(x, s, threads=2, **attrs), ref,
+                               rtol=1e-5, atol=1e-5)
+    out = _session("MaxPoolRelevance", "xs", **attrs).run(None, {"x": x, "s": s})[0]
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_max_pool_relevance_rejects_bad_input_without_crashing():
+    from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+    x = np.zeros((2, 3, 6, 6), np.float32)
+    s = np.zeros((2, 1, 3, 3), np.float32)
+    geo = {"kernel_shape": [2, 2], "strides": [2, 2]}
+    with pytest.raises(ValueError, match="one channel"):
+        _kernels.max_pool_relevance(x, np.zeros((2, 3, 3, 3), np.float32), **geo)
+    with pytest.raises(ValueError, match="batch"):
+        _kernels.max_pool_relevance(x, s[:1], **geo)
+    with pytest.raises(ValueError, match="s's spatial dim 1 is 2"):
+        _kernels.max_pool_relevance(x, s[..., :2], **geo)
+    sess = _session("MaxPoolRelevance", "xs", **geo)
+    with pytest.raises(InvalidArgument, match="one channel"):
+        sess.run(None, {"x": x, "s": np.zeros((2, 3, 3, 3), np.float32)})
+    with pytest.raises(InvalidArgument, match="4-D"):
+        sess.run(None, {"x": x[0], "s": s})

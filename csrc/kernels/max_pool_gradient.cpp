@@ -1,6 +1,7 @@
 #include "max_pool_gradient.h"
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 namespace onnx_saliency {
@@ -67,6 +68,26 @@ std::vector<TapRange> tap_ranges(int64_t out, int64_t size, int64_t k, int64_t s
   return ranges;
 }
 
+// The first maximum of window (r, c) in row-major order: start at the first tap, replace only
+// when strictly greater (branch-free: the comparison is unpredictable on real data). Returns its
+// position in the plane; `value` gets x there.
+inline int64_t window_argmax(const float* xp, int64_t W, const TapRange& r, const TapRange& c,
+                             int64_t dh, int64_t dw, float& value) {
+  int64_t best = (r.start + r.lo * dh) * W + c.start + c.lo * dw;
+  value = xp[best];
+  for (int64_t i = r.lo; i < r.hi; ++i) {
+    const int64_t row = (r.start + i * dh) * W + c.start;
+    for (int64_t j = c.lo; j < c.hi; ++j) {
+      const int64_t at = row + j * dw;
+      const float v = xp[at];
+      const bool greater = v > value;
+      value = greater ? v : value;
+      best = greater ? at : best;
+    }
+  }
+  return best;
+}
+
 }  // namespace
 
 void max_pool_gradient_cpu(const float* x, const int64_t x_shape[4], const float* g,
@@ -89,21 +110,61 @@ void max_pool_gradient_cpu(const float* x, const int64_t x_shape[4], const float
         for (int64_t ox = 0; ox < Wo; ++ox) {
           const TapRange c = cols[static_cast<size_t>(ox)];
           if (c.lo >= c.hi) continue;
-          // first maximum in row-major order: start at the first tap, replace only when
-          // strictly greater (branch-free: the comparison is unpredictable on real data)
-          int64_t best = (r.start + r.lo * dh) * W + c.start + c.lo * dw;
-          float best_value = xp[best];
-          for (int64_t i = r.lo; i < r.hi; ++i) {
-            const int64_t row = (r.start + i * dh) * W + c.start;
-            for (int64_t j = c.lo; j < c.hi; ++j) {
-              const int64_t at = row + j * dw;
-              const float v = xp[at];
-              const bool greater = v > best_value;
-              best_value = greater ? v : best_value;
-              best = greater ? at : best;
-            }
+          float value;
+          dp[window_argmax(xp, W, r, c, dh, dw, value)] += gp[oy * Wo + ox];
+        }
+      }
+    }
+  });
+}
+
+std::string max_pool_relevance_check(const int64_t x_shape[4], const int64_t s_shape[4],
+                                     const ConvGeometry& geo) {
+  if (s_shape[1] != 1) {
+    return "MaxPoolRelevance: s must have one channel [N,1,Ho,Wo], got " +
+           std::to_string(s_shape[1]) + ".";
+  }
+  if (s_shape[0] != x_shape[0]) return "MaxPoolRelevance: x and s must share the batch size.";
+  const int64_t g_shape[4] = {s_shape[0], x_shape[1], s_shape[2], s_shape[3]};
+  std::string err = max_pool_gradient_check(x_shape, g_shape, geo);
+  if (err.rfind("MaxPoolGradient", 0) == 0) err.replace(0, 15, "MaxPoolRelevance");
+  const size_t at = err.find("g's spatial");
+  if (at != std::string::npos) err.replace(at, 1, "s");
+  return err;
+}
+
+void max_pool_relevance_cpu(const float* x, const int64_t x_shape[4], const float* s,
+                            const int64_t s_shape[4], const ConvGeometry& geo, float* out,
+                            const Parallel& parallel) {
+  const int64_t N = x_shape[0], C = x_shape[1], H = x_shape[2], W = x_shape[3];
+  const int64_t Ho = s_shape[2], Wo = s_shape[3];
+  const int64_t dh = geo.dilations[0], dw = geo.dilations[1];
+  const auto rows = tap_ranges(Ho, H, geo.kernel[0], geo.strides[0], geo.pads[0], dh);
+  const auto cols = tap_ranges(Wo, W, geo.kernel[1], geo.strides[1], geo.pads[1], dw);
+  // One task per (image, block of input rows): it scans every window that reaches into its rows,
+  // over all channels in order, and keeps the maxima that fall in them (deterministic sums; a
+  // window across two blocks is scanned by both).
+  constexpr int64_t kRows = 8;
+  const int64_t blocks = (H + kRows - 1) / kRows;
+  parallel.run(N * blocks, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n = t / blocks, y0 = (t % blocks) * kRows, y1 = std::min(H, y0 + kRows);
+      float* op = out + n * H * W;
+      const int64_t lo = y0 * W, hi = y1 * W;  // this task's positions in the plane
+      std::fill(op + lo, op + hi, 0.f);
+      const float* sp = s + n * Ho * Wo;
+      for (int64_t c = 0; c < C; ++c) {
+        const float* xp = x + (n * C + c) * H * W;
+        for (int64_t oy = 0; oy < Ho; ++oy) {
+          const TapRange r = rows[static_cast<size_t>(oy)];
+          if (r.lo >= r.hi || r.start + (r.hi - 1) * dh < y0 || r.start + r.lo * dh >= y1) continue;
+          for (int64_t ox = 0; ox < Wo; ++ox) {
+            const TapRange cr = cols[static_cast<size_t>(ox)];
+            if (cr.lo >= cr.hi) continue;
+            float value;
+            const int64_t best = window_argmax(xp, W, r, cr, dh, dw, value);
+            if (best >= lo && best < hi) op[best] += sp[oy * Wo + ox] * std::fabs(value);
           }
-          dp[best] += gp[oy * Wo + ox];
         }
       }
     }

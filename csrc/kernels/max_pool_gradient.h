@@ -28,6 +28,22 @@ void max_pool_gradient_cpu(const float* x, const int64_t x_shape[4], const float
                            const int64_t g_shape[4], const ConvGeometry& geo, float* dx,
                            const Parallel& parallel = ThreadParallel());
 
+// MaxPoolRelevance: TSGB's relevance at a MaxPool's input when the signal at its output is
+// sign(p) ⊙ s, s one map per window shared by the channels (a TSGB-Conv after the pool):
+//   x [N, C, H, W]  the pool's input;  s [N, 1, Ho, Wo]
+//   out [N, 1, H, W], out[q] = Σ_c Σ over windows w of channel c whose first maximum is q of
+//   s[w]·|x[c, q]|  = Σ_c x ⊙ MaxPoolGradient(x, sign(p) ⊙ s), without the channels.
+std::string max_pool_relevance_check(const int64_t x_shape[4], const int64_t s_shape[4],
+                                     const ConvGeometry& geo);
+// CPU: one task per (image, block of input rows), channels in order: deterministic sums.
+void max_pool_relevance_cpu(const float* x, const int64_t x_shape[4], const float* s,
+                            const int64_t s_shape[4], const ConvGeometry& geo, float* out,
+                            const Parallel& parallel = ThreadParallel());
+// CUDA: one thread per output location, gathering over channels and windows (no atomics).
+std::string max_pool_relevance_cuda(const float* x, const int64_t x_shape[4], const float* s,
+                                    const int64_t s_shape[4], const ConvGeometry& geo, float* out,
+                                    void* stream);
+
 // The CUDA twin (max_pool_gradient.cu): one thread per input location gathers from the windows
 // that contain it (no atomics: deterministic). Returns "" or the CUDA error.
 std::string max_pool_gradient_cuda(const float* x, const int64_t x_shape[4], const float* g,

@@ -17,6 +17,10 @@ MaxPoolGradient(x, g; kernel_shape, strides, pads, dilations) -> like x
     g routed to each window's first maximum, recomputed from x. Twin (rules/pooling.py):
     ScatterElements(add) of g at the forward MaxPool's Indices output. Without Indices the
     forward MaxPool keeps ONNX Runtime's fast blocked-layout kernel.
+MaxPoolRelevance(x, s; kernel_shape, strides, pads, dilations) -> [N,1,H,W]
+    Σ_c x ⊙ MaxPoolGradient(x, sign(p) ⊙ s), p the pool's output, s [N,1,Ho,Wo]: s·|x| routed
+    to each window's first maximum, summed over channels (TSGB's S for the conv before a pool
+    whose output feeds a TSGB-Conv). Twin (rules/tsgb.py): that product, channel-summed.
 """
 
 from __future__ import annotations
@@ -100,6 +104,14 @@ def max_pool_gradient(b: GraphBuilder, x: str, g: str, kernel: Sequence[int],
     """The fused MaxPool backward node (its portable twin needs the forward node's Indices and
     lives in rules/pooling.py)."""
     return b.op("MaxPoolGradient", x, g, domain=DOMAIN,
+                **_geometry(kernel, strides, pads, dilations))
+
+
+def max_pool_relevance(b: GraphBuilder, x: str, s: str, kernel: Sequence[int],
+                       strides: Sequence[int], pads: Sequence[int],
+                       dilations: Sequence[int]) -> str:
+    """The fused MaxPoolRelevance node (fused mode only; see the module docstring)."""
+    return b.op("MaxPoolRelevance", x, s, domain=DOMAIN,
                 **_geometry(kernel, strides, pads, dilations))
 
 

@@ -146,6 +146,8 @@ class GraphBuilder:
         self.broadcasts: dict[str, Broadcast] = {}         # broadcast() -> its factors
         self.summands: dict[str, list[str]] = {}           # sum() of several -> its terms
         self.masked: dict[str, tuple[str, str]] = {}       # g ⊙ 1[y>0] -> (g, y)
+        self.pooled: dict[str, tuple[str, str, dict]] = {}  # MaxPool backward of sign(p) ⊙ B(s)
+        #                                                     -> (pool input, s, pool geometry)
 
     def fresh(self, hint: str) -> str:
         while True:

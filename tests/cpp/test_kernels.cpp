@@ -101,6 +101,21 @@ int main() {
             for (float v : g) gsum += v, gmass += std::fabs(v);
             for (float v : dx) dsum += v;
             EXPECT(std::fabs(gsum - dsum) <= 1e-5 * (1 + gmass));
+            // MaxPoolRelevance = Σ_c x ⊙ MaxPoolGradient(x, sign(p) ⊙ s), p from the routing
+            int64_t ss[4] = {N, 1, Ho, Wo};
+            EXPECT(max_pool_relevance_check(xs, ss, geo).empty());
+            std::vector<float> s1(N * Ho * Wo), rel(N * H * W);
+            for (auto& v : s1) v = normal(rng);
+            max_pool_relevance_cpu(x.data(), xs, s1.data(), ss, geo, rel.data(), ThreadParallel(2));
+            double rel_sum = 0, expected = 0;   // totals: Σ_q rel = Σ_i dx_i·|x_i|, dx routing s
+            for (float v : rel) rel_sum += v;
+            std::vector<float> gs1(g.size());
+            for (int64_t n = 0; n < N; ++n)
+              for (int64_t c = 0; c < C; ++c)
+                for (int64_t o = 0; o < Ho * Wo; ++o) gs1[(n * C + c) * Ho * Wo + o] = s1[n * Ho * Wo + o];
+            max_pool_gradient_cpu(x.data(), xs, gs1.data(), gs, geo, dx.data(), ThreadParallel(2));
+            for (size_t i = 0; i < x.size(); ++i) expected += dx[i] * std::fabs(x[i]);
+            EXPECT(std::fabs(rel_sum - expected) <= 1e-4 * (1 + std::fabs(expected)));
             ++cases;
           }
         }
@@ -125,6 +140,10 @@ int main() {
   EXPECT(!max_pool_gradient_check(pool_x, pool_g, pool).empty());
   EXPECT(!max_pool_gradient_check(pool_x, pool_c, pool).empty());
   EXPECT(!max_pool_gradient_check(pool_x, neg, pool).empty());
+  int64_t pool_s[4] = {1, 1, 3, 3}, pool_s2[4] = {1, 2, 3, 3}, pool_sb[4] = {2, 1, 3, 3};
+  EXPECT(max_pool_relevance_check(pool_x, pool_s, pool).empty());
+  EXPECT(!max_pool_relevance_check(pool_x, pool_s2, pool).empty());
+  EXPECT(!max_pool_relevance_check(pool_x, pool_sb, pool).empty());
   // empty tensors are fine
   int64_t empty[4] = {0, 2, 5, 5};
   rectified_conv_transpose_cpu(nullptr, nullptr, empty, nullptr, empty, ConvGeometry{}, 1, 1e-10f,

@@ -24,6 +24,8 @@ Exact rewrites that keep tensors with channels out of the graph:
   through the ReLU's mask to the terms of ĝ_y (see _channel_dot), one of which the next block
   has already multiplied by y.
 - A ReLU whose output y carries sign(y) ⊙ B(s) terms drops their sign (its mask applies it).
+- Conv → MaxPool whose output carries sign(p) ⊙ B(s) (fused only): S = MaxPoolRelevance(z, s),
+  without routing the channels.
 """
 
 from __future__ import annotations
@@ -32,8 +34,14 @@ import numpy as np
 
 from ... import fused
 from ...graph import attrs_of
-from ..context import RuleContext, channel_scale, conv_params, conv_transpose_to
-from . import activations, linear
+from ..context import (
+    RuleContext,
+    channel_scale,
+    conv_geometry,
+    conv_params,
+    conv_transpose_to,
+)
+from . import activations, linear, pooling
 
 EPS = 1e-10
 
@@ -63,6 +71,20 @@ def relu(ctx: RuleContext, node, grads):
     out = activations.relu_gradient(ctx, node, grads)[0]
     b.masked[out] = (grads[0], y)
     return [out]
+
+
+def max_pool(ctx: RuleContext, node, grads):
+    """The plain MaxPool backward. Fused, where the pool's output carries sign(p) ⊙ B(s) (a
+    TSGB-Conv reads it), the result is also noted, so that a conv whose output is the pool's
+    input takes S from MaxPoolRelevance(x, s) instead of the routed channels."""
+    result = pooling.max_pool(ctx, node, grads)
+    f = ctx.b.broadcasts.get(grads[0])
+    kernel = list(attrs_of(node).get("kernel_shape", []))
+    if (ctx.b.fused and f is not None and f.sign is not None and f.a == node.output[0]
+            and len(kernel) == 2 and ctx.index.rank(node.input[0]) == 4):
+        geo = conv_geometry(ctx, node, node.input[0], kernel)
+        ctx.b.pooled[result[0]] = (node.input[0], f.spread, {"kernel": kernel, **geo})
+    return result
 
 
 def conv(ctx: RuleContext, node, grads):
@@ -157,6 +179,10 @@ def _relevance_sum(ctx: RuleContext, g: str, z: str) -> str:
     factors = b.broadcasts.get(g)
     if factors is not None and factors.a == z:
         return b.op("Mul", factors.spread, abs_channel_sum(ctx, z))
+    pooled = b.pooled.get(g)
+    if pooled is not None and pooled[0] == z:
+        x, spread, geo = pooled
+        return fused.max_pool_relevance(b, x, spread, **geo)
     residual = _residual_add(ctx, z)
     if residual is not None:
         y, other = residual
@@ -324,4 +350,4 @@ def fully_connected(ctx: RuleContext, node, grads):
 
 
 RULES = {"Conv": conv, "BatchNormalization": batch_norm, "Gemm": fully_connected,
-         "MatMul": fully_connected, "Relu": relu}
+         "MatMul": fully_connected, "Relu": relu, "MaxPool": max_pool}
