@@ -5,9 +5,9 @@ shape (2 threads, one process):
 
 RectifiedConvTranspose at every distinct conv geometry of ResNet-50 at 224 (input and output
 shapes, kernel, stride, pads); NormGrad identity/selective at each stage output, conv mode at
-each distinct 3×3 conv; MaxPoolGradient with its forward MaxPool (the portable twin needs the
-pool's Indices output) at ResNet-50's pool and VGG16's five. Prints median portable time /
-median fused time (>1: fused is faster).
+each distinct 3×3 conv; MaxPoolGradient and MaxPoolRelevance with their forward MaxPool (the
+portable twins need the pool's Indices output) at ResNet-50's pool and VGG16's five. Prints
+median portable time / median fused time (>1: fused is faster).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from onnx import TensorProto, helper
 
 from onnx_saliency import fused
 from onnx_saliency.bench import paired_ratio
+from onnx_saliency.canonical import remove_dead_code
 from onnx_saliency.backward.context import RuleContext
 from onnx_saliency.graph import GraphBuilder, GraphIndex
 
@@ -52,7 +53,8 @@ def _model(inputs: dict[str, list[int]], build, forward=list,
             forward(), "op",
             [helper.make_tensor_value_info(k, TensorProto.FLOAT, v) for k, v in inputs.items()],
             [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in forward_outputs])
-        base = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        base = onnx.shape_inference.infer_shapes(
+            helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
         index = GraphIndex(base)
         b = GraphBuilder(index, fused=use_fused)
         out = build(b, RuleContext(b, index), base.graph)
@@ -61,7 +63,7 @@ def _model(inputs: dict[str, list[int]], build, forward=list,
         base.graph.output.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, None))
         for domain in b.custom_domains:
             base.opset_import.append(helper.make_opsetid(domain, 1))
-        models.append(base)
+        models.append(remove_dead_code(base))
     return models[0], models[1]
 
 
@@ -73,6 +75,24 @@ def _pool_models(batch, c, h, k, s, p) -> tuple[onnx.ModelProto, onnx.ModelProto
     ho = (h + 2 * p - k) // s + 1
     return _model({"x": [batch, c, h, h], "g": [batch, c, ho, ho]},
                   lambda b, ctx, graph: max_pool(ctx, graph.node[0], ["g"])[0],
+                  lambda: [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[k, k],
+                                            strides=[s, s], pads=[p] * 4)], ["y"])
+
+
+def _relevance_models(batch, c, h, k, s, p) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """(fused, portable) models x, s -> TSGB's S at the MaxPool's input x when its output y
+    carries sign(y) ⊙ B(s), built by the TSGB rules (fused: MaxPoolRelevance; portable: the
+    routed channels times x, channel-summed)."""
+    from onnx_saliency.backward.rules import tsgb
+
+    ho = (h + 2 * p - k) // s + 1
+
+    def build(b, ctx, graph):
+        signal = b.broadcast("y", tsgb._sign(ctx, "y"), "s", b.const(np.ones((c, 1, 1, 1), np.float32)))
+        routed = tsgb.max_pool(ctx, graph.node[0], [signal])[0]
+        return tsgb._relevance_sum(ctx, routed, "x")
+
+    return _model({"x": [batch, c, h, h], "s": [batch, 1, ho, ho]}, build,
                   lambda: [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[k, k],
                                             strides=[s, s], pads=[p] * 4)], ["y"])
 
@@ -140,6 +160,11 @@ def main():
             ratio, err = _compare(_pool_models(batch, c, h, k, s, p), feeds, args.repeat)
             speedups.setdefault(("MaxPool + MaxPoolGradient", batch), []).append(ratio)
             print(f"| MaxPool + MaxPoolGradient | {(c, h, c, k, s, p)} | {batch} | {ratio:.2f}× | {err:.1e} |",
+                  flush=True)
+            feeds = {"x": np.maximum(feeds["x"], 0), "s": feeds["g"][:, :1].copy()}  # post-ReLU
+            ratio, err = _compare(_relevance_models(batch, c, h, k, s, p), feeds, args.repeat)
+            speedups.setdefault(("MaxPool + MaxPoolRelevance", batch), []).append(ratio)
+            print(f"| MaxPool + MaxPoolRelevance | {(c, h, 1, k, s, p)} | {batch} | {ratio:.2f}× | {err:.1e} |",
                   flush=True)
     print("\n| op | batch | speed-up min | median | max |\n|---|---|---|---|---|")
     for (op, batch), r in speedups.items():
