@@ -217,8 +217,7 @@ def _channel_summed(ctx: RuleContext, node, g: str, z: str, kernel, geo) -> str:
         ratio = b.op("Div", s, b.op("Add", abs_channel_sum(ctx, a), b.const(np.float32(EPS))))
         spread = ratio
     else:
-        d = _window_sum(ctx, abs_channel_sum(ctx, a), kernel, geo)
-        ratio = b.op("Div", s, b.op("Add", d, b.const(np.float32(EPS))))
+        ratio = b.op("Div", s, _window_sum(ctx, abs_channel_sum(ctx, a), kernel, geo, EPS))
         spread = _spread(ctx, ratio, z, a, kernel, geo)
     ones_c = b.const(np.ones((ctx.float_channels(a), 1, 1, 1), np.float32))
     return b.broadcast(a, _sign(ctx, a), spread, ones_c)
@@ -240,14 +239,17 @@ def _axis_geometry(geo, kernel, axis: int, pad_end=None):
     return k, {"strides": strides, "pads": pads, "dilations": dilations}
 
 
-def _window_sum(ctx: RuleContext, m: str, kernel, geo) -> str:
-    """Conv(m, ones_k) with the conv's geometry, m [N,1,H,W]."""
+def _window_sum(ctx: RuleContext, m: str, kernel, geo, offset: float) -> str:
+    """Conv(m, ones_k) + offset with the conv's geometry, m [N,1,H,W] (the offset as the Conv's
+    bias: one node fewer)."""
     b = ctx.b
+    bias = b.const(np.full(1, offset, np.float32))
     if not _separable(kernel):
-        return b.op("Conv", m, b.const(np.ones([1, 1] + list(kernel), np.float32)), **geo)
+        return b.op("Conv", m, b.const(np.ones([1, 1] + list(kernel), np.float32)), bias, **geo)
     for axis in (0, 1):
         k, g1 = _axis_geometry(geo, kernel, axis)
-        m = b.op("Conv", m, b.const(np.ones([1, 1] + k, np.float32)), **g1)
+        m = b.op("Conv", m, b.const(np.ones([1, 1] + k, np.float32)), *([bias] if axis else []),
+                 **g1)
     return m
 
 
