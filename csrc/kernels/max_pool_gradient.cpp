@@ -18,9 +18,12 @@ void pool_out_sizes(int64_t in, int64_t k, int64_t s, int64_t p0, int64_t p1, in
 
 }  // namespace
 
-std::string max_pool_gradient_check(const int64_t x_shape[4], const int64_t g_shape[4],
-                                    const ConvGeometry& geo) {
-  const char* op = "MaxPoolGradient";
+namespace {
+
+// The checks both pool backward ops share: a valid geometry, no negative dimension, and `name`'s
+// spatial size (g's, or s's) one that pooling x gives. "" or one sentence.
+std::string geometry_problem(const char* op, const int64_t x_shape[4], const int64_t g_shape[4],
+                             const ConvGeometry& geo) {
   for (int i = 0; i < 2; ++i) {
     if (geo.kernel[i] < 1 || geo.strides[i] < 1 || geo.dilations[i] < 1) {
       return std::string(op) + ": kernel_shape, strides and dilations must be positive.";
@@ -30,22 +33,50 @@ std::string max_pool_gradient_check(const int64_t x_shape[4], const int64_t g_sh
     if (geo.pads[i] < 0) return std::string(op) + ": pads must be non-negative.";
     if (x_shape[i] < 0 || g_shape[i] < 0) return std::string(op) + ": negative dimension.";
   }
-  if (x_shape[0] != g_shape[0] || x_shape[1] != g_shape[1]) {
-    return std::string(op) + ": x and g must share batch and channels, got x [" +
-           std::to_string(x_shape[0]) + "," + std::to_string(x_shape[1]) + ",...] and g [" +
-           std::to_string(g_shape[0]) + "," + std::to_string(g_shape[1]) + ",...].";
-  }
+  return "";
+}
+
+std::string grid_problem(const char* op, const char* name, const int64_t x_shape[4],
+                         const int64_t g_shape[4], const ConvGeometry& geo) {
   for (int i = 0; i < 2; ++i) {
     int64_t lo, hi;
     pool_out_sizes(x_shape[2 + i], geo.kernel[i], geo.strides[i], geo.pads[i], geo.pads[2 + i],
                    geo.dilations[i], lo, hi);
     if (lo < 1 || g_shape[2 + i] < lo || g_shape[2 + i] > hi) {
-      return std::string(op) + ": g's spatial dim " + std::to_string(i) + " is " +
+      return std::string(op) + ": " + name + "'s spatial dim " + std::to_string(i) + " is " +
              std::to_string(g_shape[2 + i]) + ", but pooling x gives " + std::to_string(lo) +
              (hi != lo ? " (or " + std::to_string(hi) + " in ceil mode)" : "") + ".";
     }
   }
   return "";
+}
+
+}  // namespace
+
+std::string max_pool_gradient_check(const int64_t x_shape[4], const int64_t g_shape[4],
+                                    const ConvGeometry& geo) {
+  const char* op = "MaxPoolGradient";
+  std::string err = geometry_problem(op, x_shape, g_shape, geo);
+  if (!err.empty()) return err;
+  if (x_shape[0] != g_shape[0] || x_shape[1] != g_shape[1]) {
+    return std::string(op) + ": x and g must share batch and channels, got x [" +
+           std::to_string(x_shape[0]) + "," + std::to_string(x_shape[1]) + ",...] and g [" +
+           std::to_string(g_shape[0]) + "," + std::to_string(g_shape[1]) + ",...].";
+  }
+  return grid_problem(op, "g", x_shape, g_shape, geo);
+}
+
+std::string max_pool_relevance_check(const int64_t x_shape[4], const int64_t s_shape[4],
+                                     const ConvGeometry& geo) {
+  const char* op = "MaxPoolRelevance";
+  std::string err = geometry_problem(op, x_shape, s_shape, geo);
+  if (!err.empty()) return err;
+  if (s_shape[1] != 1) {
+    return std::string(op) + ": s must have one channel [N,1,Ho,Wo], got " +
+           std::to_string(s_shape[1]) + ".";
+  }
+  if (s_shape[0] != x_shape[0]) return std::string(op) + ": x and s must share the batch size.";
+  return grid_problem(op, "s", x_shape, s_shape, geo);
 }
 
 namespace {
@@ -116,21 +147,6 @@ void max_pool_gradient_cpu(const float* x, const int64_t x_shape[4], const float
       }
     }
   });
-}
-
-std::string max_pool_relevance_check(const int64_t x_shape[4], const int64_t s_shape[4],
-                                     const ConvGeometry& geo) {
-  if (s_shape[1] != 1) {
-    return "MaxPoolRelevance: s must have one channel [N,1,Ho,Wo], got " +
-           std::to_string(s_shape[1]) + ".";
-  }
-  if (s_shape[0] != x_shape[0]) return "MaxPoolRelevance: x and s must share the batch size.";
-  const int64_t g_shape[4] = {s_shape[0], x_shape[1], s_shape[2], s_shape[3]};
-  std::string err = max_pool_gradient_check(x_shape, g_shape, geo);
-  if (err.rfind("MaxPoolGradient", 0) == 0) err.replace(0, 15, "MaxPoolRelevance");
-  const size_t at = err.find("g's spatial");
-  if (at != std::string::npos) err.replace(at, 1, "s");
-  return err;
 }
 
 void max_pool_relevance_cpu(const float* x, const int64_t x_shape[4], const float* s,

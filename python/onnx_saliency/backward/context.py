@@ -156,6 +156,18 @@ def to_blocked_layout(ctx: RuleContext, value: str, like: str) -> str:
     return channel_scale(ctx, value, c, 1.0)
 
 
+def transpose_extent(g_hw: Sequence[int], like_hw: Sequence[int], kernel: Sequence[int],
+                     strides: Sequence[int], pads: Sequence[int], dilations: Sequence[int]
+                     ) -> tuple[list[int], list[int]]:
+    """(end pads, output sizes) of a ConvTranspose from the grid g_hw back towards like_hw with
+    only the begin pads given: the end pads crop what lies past like_hw; a smaller output (the
+    forward's end padding) is left for fit_spatial to zero-fill."""
+    full = [(g - 1) * s + (k - 1) * d + 1 - p
+            for g, s, k, d, p in zip(g_hw, strides, kernel, dilations, pads)]
+    end = [max(0, f - t) for f, t in zip(full, like_hw)]
+    return end, [f - e for f, e in zip(full, end)]
+
+
 def conv_transpose_to(ctx: RuleContext, g: str, out: str, w: str, like: str,
                       kernel: Sequence[int],
                       strides: Sequence[int], pads: Sequence[int], dilations: Sequence[int],
@@ -168,13 +180,9 @@ def conv_transpose_to(ctx: RuleContext, g: str, out: str, w: str, like: str,
     to the size of `like` (statically through the end pads when sizes are known)."""
     n = len(kernel)
     like_hw, g_hw = ctx.spatial(like), ctx.spatial(out)
-    end = [0] * n
-    y_hw = None
+    end, y_hw = [0] * n, None
     if like_hw is not None and g_hw is not None:
-        full = [(g_hw[i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - pads[i]
-                for i in range(n)]
-        end = [max(0, f - t) for f, t in zip(full, like_hw)]
-        y_hw = [f - e for f, e in zip(full, end)]
+        end, y_hw = transpose_extent(g_hw, like_hw, kernel, strides, pads, dilations)
     dx = ctx.b.op("ConvTranspose", g, w, group=group, strides=list(strides),
                   pads=list(pads[:n]) + end, dilations=list(dilations))
     return ctx.fit_spatial(dx, like, y_hw)

@@ -40,6 +40,7 @@ from ..context import (
     conv_geometry,
     conv_params,
     conv_transpose_to,
+    transpose_extent,
 )
 from . import activations, linear, pooling
 
@@ -176,9 +177,6 @@ def _relevance_sum(ctx: RuleContext, g: str, z: str) -> str:
     → y: S = Σ ĝ_u ⊙ y − Σ ĝ_u ⊙ other (ĝ_z = ĝ_u and ĝ_u ⊙ u = ĝ_u ⊙ y), so the forward keeps
     Conv+Add+ReLU fused and z is never stored."""
     b = ctx.b
-    factors = b.broadcasts.get(g)
-    if factors is not None and factors.a == z:
-        return b.op("Mul", factors.spread, abs_channel_sum(ctx, z))
     pooled = b.pooled.get(g)
     if pooled is not None and pooled[0] == z:
         x, spread, geo = pooled
@@ -186,27 +184,19 @@ def _relevance_sum(ctx: RuleContext, g: str, z: str) -> str:
     residual = _residual_add(ctx, z)
     if residual is not None:
         y, other = residual
-        return b.op("Sub", _channel_dot(ctx, g, y, z),
-                    _channel_sum(ctx, b.op("Mul", g, other), z))
-    return _channel_sum(ctx, b.op("Mul", g, z), z)
+        return b.op("Sub", _channel_dot(ctx, g, y), relevance(ctx, other, g))
+    return relevance(ctx, z, g)
 
 
-def _channel_dot(ctx: RuleContext, g: str, y: str, like: str) -> str:
+def _channel_dot(ctx: RuleContext, g: str, y: str) -> str:
     """Σ_k g ⊙ y [N,1,H,W] for a ReLU output y. Where g = X ⊙ 1[y>0] (that ReLU's backward) it
     is Σ_k X ⊙ y, term by term: a broadcast B(s) of y gives s ⊙ Σ_k y; any other term T gives
     Σ_k T ⊙ y, the product the next residual block's rule forms for its own S (shared)."""
     b = ctx.b
     x, masked_y = b.masked.get(g, (None, None))
     if masked_y != y:
-        return _channel_sum(ctx, b.op("Mul", g, y), like)
-    parts = []
-    for t in b.summands.get(x, [x]):
-        f = b.broadcasts.get(t)
-        if f is not None and (f.sign is None or f.a == y):
-            parts.append(b.op("Mul", f.spread, abs_channel_sum(ctx, y)))
-        else:
-            parts.append(_channel_sum(ctx, b.op("Mul", t, y), like))
-    return b.sum(parts)
+        return relevance(ctx, y, g)
+    return b.sum([relevance(ctx, y, t) for t in b.summands.get(x, [x])])
 
 
 def _channel_summed(ctx: RuleContext, node, g: str, z: str, kernel, geo) -> str:
@@ -261,24 +251,22 @@ def _spread(ctx: RuleContext, ratio: str, z: str, a: str, kernel, geo) -> str:
         ones = b.const(np.ones([1, 1] + list(kernel), np.float32))
         return conv_transpose_to(ctx, ratio, z, ones, a, kernel, geo["strides"], geo["pads"],
                                  geo["dilations"])
-    sizes = list(z_hw)
-    for axis in (0, 1):  # the end pad crops what lies past a's size (as conv_transpose_to)
-        full = ((sizes[axis] - 1) * geo["strides"][axis] + (kernel[axis] - 1) *
-                geo["dilations"][axis] + 1 - geo["pads"][axis])
-        end = max(0, full - a_hw[axis])
-        k, g1 = _axis_geometry(geo, kernel, axis, pad_end=end)
+    ends, sizes = transpose_extent(z_hw, a_hw, kernel, geo["strides"], geo["pads"],
+                                   geo["dilations"])
+    for axis in (0, 1):
+        k, g1 = _axis_geometry(geo, kernel, axis, pad_end=ends[axis])
         ratio = b.op("ConvTranspose", ratio, b.const(np.ones([1, 1] + k, np.float32)), **g1)
-        sizes[axis] = full - end
     return ctx.fit_spatial(ratio, a, sizes)
 
 
 def relevance(ctx: RuleContext, x: str, g: str) -> str:
-    """Σ_c x ⊙ g [N,1,H,W]; for g = sign(x) ⊙ B(spread) (TSGB-Conv at x), spread ⊙ Σ_c |x|."""
+    """Σ_c x ⊙ g [N,1,H,W]. For a broadcast g = sign(x) ⊙ B(s) (TSGB-Conv at x), or an unsigned
+    B(s) with x ≥ 0: s ⊙ Σ_c |x|, without the channels."""
     b = ctx.b
-    factors = b.broadcasts.get(g)
-    if factors is not None and factors.a == x:
-        return b.op("Mul", factors.spread, abs_channel_sum(ctx, x))
-    return b.reduce("ReduceSum", b.op("Mul", x, g), [1])
+    f = b.broadcasts.get(g)
+    if f is not None and (f.a == x if f.sign is not None else _nonnegative(ctx, x)):
+        return b.op("Mul", f.spread, abs_channel_sum(ctx, x))
+    return _channel_sum(ctx, b.op("Mul", g, x), x)
 
 
 def batch_norm(ctx: RuleContext, node, grads):
