@@ -308,6 +308,20 @@ def test_max_pool_relevance_matches_onnxruntime_indices(**kw):
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kh,kw,s,d,p", [(3, 3, 2, 1, 1), (2, 2, 2, 1, 0), (3, 2, 1, 2, 1),
+                                         (5, 4, 3, 1, 1)])
+def test_max_pool_ops_match_onnxruntime_indices_across_row_blocks(kh, kw, s, d, p):
+    """Planes taller than MaxPoolRelevance's 16-row task blocks (windows shared by two blocks)
+    and wider than any window: both ops against ONNX Runtime's Indices."""
+    x, g, attrs, ref, (y, idx) = _max_pool_case(2, 8, 53, 29, kh, kw, s, d, [p] * 4, 0, seed=kh)
+    np.testing.assert_allclose(_kernels.max_pool_gradient(x, g, threads=2, **attrs), ref,
+                               rtol=1e-6, atol=1e-6)
+    sm = np.random.default_rng(7).standard_normal((2, 1) + y.shape[2:]).astype(np.float32)
+    rel = (x * _route(idx, np.sign(y) * sm, x.shape)).sum(1, keepdims=True)
+    np.testing.assert_allclose(_kernels.max_pool_relevance(x, sm, threads=2, **attrs), rel,
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_max_pool_relevance_rejects_bad_input_without_crashing():
     from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 

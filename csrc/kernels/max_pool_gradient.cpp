@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 namespace onnx_saliency {
@@ -32,6 +33,9 @@ std::string geometry_problem(const char* op, const int64_t x_shape[4], const int
   for (int i = 0; i < 4; ++i) {
     if (geo.pads[i] < 0) return std::string(op) + ": pads must be non-negative.";
     if (x_shape[i] < 0 || g_shape[i] < 0) return std::string(op) + ": negative dimension.";
+  }
+  if (x_shape[2] * x_shape[3] > INT32_MAX) {
+    return std::string(op) + ": x's planes (H·W) must have fewer than 2^31 elements.";
   }
   return "";
 }
@@ -99,25 +103,135 @@ std::vector<TapRange> tap_ranges(int64_t out, int64_t size, int64_t k, int64_t s
   return ranges;
 }
 
-// The first maximum of window (r, c) in row-major order: start at the first tap, replace only
-// when strictly greater (branch-free: the comparison is unpredictable on real data). Returns its
-// position in the plane; `value` gets x there.
-inline int64_t window_argmax(const float* xp, int64_t W, const TapRange& r, const TapRange& c,
-                             int64_t dh, int64_t dw, float& value) {
-  int64_t best = (r.start + r.lo * dh) * W + c.start + c.lo * dw;
-  value = xp[best];
-  for (int64_t i = r.lo; i < r.hi; ++i) {
-    const int64_t row = (r.start + i * dh) * W + c.start;
-    for (int64_t j = c.lo; j < c.hi; ++j) {
-      const int64_t at = row + j * dw;
-      const float v = xp[at];
-      const bool greater = v > value;
-      value = greater ? v : value;
-      best = greater ? at : best;
+// best, at := cand, cand_at where cand > best (strictly greater: the first maximum stays);
+// branch-free, since on real data the comparison is unpredictable.
+inline void keep_first_max(float cand, int32_t cand_at, float& best, int32_t& at) {
+  const int32_t take = -static_cast<int32_t>(cand > best);
+  at = (cand_at & take) | (at & ~take);
+  best = cand > best ? cand : best;
+}
+
+// The first maximum, in row-major order (strictly greater wins), of every window of one plane,
+// found separably: first along each input row over the windows' columns, then down each
+// window's rows over those row maxima. The earliest row holding the window's maximum, and in it
+// the earliest column, is the row-major first maximum: equal to a tap-by-tap scan for every
+// input without NaN. Both passes run over contiguous arrays, independent across windows.
+class PlaneMaxima {
+ public:
+  PlaneMaxima(const ConvGeometry& geo, int64_t H, int64_t W, int64_t Ho, int64_t Wo)
+      : H_(H), W_(W), Wo_(Wo), kw_(geo.kernel[1]), sw_(geo.strides[1]), pl_(geo.pads[1]),
+        dh_(geo.dilations[0]), dw_(geo.dilations[1]),
+        rows_(tap_ranges(Ho, H, geo.kernel[0], geo.strides[0], geo.pads[0], dh_)),
+        cols_(tap_ranges(Wo, W, kw_, sw_, pl_, dw_)) {
+    full_begin_ = Wo;
+    for (int64_t ox = 0; ox < Wo; ++ox) {  // the windows with every column tap inside the row
+      const TapRange& c = cols_[static_cast<size_t>(ox)];
+      if (c.lo == 0 && c.hi == kw_) {
+        full_begin_ = std::min(full_begin_, ox);
+        full_end_ = ox + 1;
+      }
+    }
+    if (full_end_ <= full_begin_) full_begin_ = full_end_ = 0;
+  }
+
+  // The plane rows that windows [oy0, oy1) read: [first, last) (empty when none).
+  void row_span(int64_t oy0, int64_t oy1, int64_t& first, int64_t& last) const {
+    first = H_, last = 0;
+    for (int64_t oy = oy0; oy < oy1; ++oy) {
+      const TapRange& r = rows_[static_cast<size_t>(oy)];
+      if (r.lo >= r.hi) continue;
+      first = std::min(first, r.start + r.lo * dh_);
+      last = std::max(last, r.start + (r.hi - 1) * dh_ + 1);
     }
   }
-  return best;
-}
+
+  // Windows [oy0, oy1) of plane xp: value() and position() (in the plane) per window at
+  // (oy - oy0)·Wo + ox; position -1 for a window with no tap inside the plane.
+  void compute(const float* xp, int64_t oy0, int64_t oy1) {
+    int64_t first, last;
+    row_span(oy0, oy1, first, last);
+    const size_t n_rows = static_cast<size_t>(std::max<int64_t>(0, last - first));
+    row_value_.resize(n_rows * static_cast<size_t>(Wo_));
+    row_at_.resize(n_rows * static_cast<size_t>(Wo_));
+    for (int64_t y = first; y < last; ++y) row_pass(xp, y, (y - first) * Wo_);
+    const size_t n_windows = static_cast<size_t>((oy1 - oy0) * Wo_);
+    value_.resize(n_windows);
+    at_.resize(n_windows);
+    for (int64_t oy = oy0; oy < oy1; ++oy) column_pass(oy, (oy - oy0) * Wo_, first);
+  }
+
+  const float* value() const { return value_.data(); }
+  const int32_t* position() const { return at_.data(); }
+
+ private:
+  // Row maxima of plane row y over every window's column taps, into slot `slot`.
+  void row_pass(const float* __restrict xp, int64_t y, int64_t slot) {
+    float* __restrict v = row_value_.data() + slot;
+    int32_t* __restrict a = row_at_.data() + slot;
+    const float* __restrict row = xp + y * W_;
+    const int32_t base = static_cast<int32_t>(y * W_);
+    for (int64_t ox = 0; ox < Wo_; ++ox) {  // windows cut by the padding
+      if (ox == full_begin_) ox = full_end_;
+      if (ox >= Wo_) break;
+      const TapRange& c = cols_[static_cast<size_t>(ox)];
+      int32_t best = -1;
+      for (int64_t j = c.lo; j < c.hi; ++j) {
+        const int32_t col = static_cast<int32_t>(c.start + j * dw_);
+        if (best < 0 || row[col] > row[best]) best = col;
+      }
+      a[ox] = best < 0 ? -1 : base + best;
+      v[ox] = best < 0 ? 0.f : row[best];
+    }
+    switch (kw_) {  // the full windows, with the common widths unrolled
+      case 2: return full_row_pass<2>(row, base, v, a);
+      case 3: return full_row_pass<3>(row, base, v, a);
+      default: return full_row_pass<0>(row, base, v, a);
+    }
+  }
+
+  template <int KW>
+  void full_row_pass(const float* __restrict row, int32_t base, float* __restrict v,
+                     int32_t* __restrict a) const {
+    const int32_t kw = KW > 0 ? KW : static_cast<int32_t>(kw_);
+    const int32_t sw = static_cast<int32_t>(sw_), dw = static_cast<int32_t>(dw_),
+                  pl = static_cast<int32_t>(pl_);
+    for (int32_t ox = static_cast<int32_t>(full_begin_); ox < full_end_; ++ox) {
+      const int32_t col = ox * sw - pl;
+      float best = row[col];
+      int32_t at = col;
+      for (int32_t j = 1; j < kw; ++j) keep_first_max(row[col + j * dw], col + j * dw, best, at);
+      v[ox] = best;
+      a[ox] = base + at;
+    }
+  }
+
+  // Window row oy down its row taps over the row maxima, into slot `slot`; `first`: the plane
+  // row of row slot 0.
+  void column_pass(int64_t oy, int64_t slot, int64_t first) {
+    float* __restrict v = value_.data() + slot;
+    int32_t* __restrict a = at_.data() + slot;
+    const TapRange& r = rows_[static_cast<size_t>(oy)];
+    if (r.lo >= r.hi) {
+      std::fill(a, a + Wo_, -1);
+      return;
+    }
+    const int64_t y0 = r.start + r.lo * dh_ - first;
+    std::copy_n(row_value_.data() + y0 * Wo_, Wo_, v);
+    std::copy_n(row_at_.data() + y0 * Wo_, Wo_, a);
+    for (int64_t i = r.lo + 1; i < r.hi; ++i) {
+      const int64_t y = r.start + i * dh_ - first;
+      const float* __restrict rv = row_value_.data() + y * Wo_;
+      const int32_t* __restrict ra = row_at_.data() + y * Wo_;
+      for (int64_t ox = 0; ox < Wo_; ++ox) keep_first_max(rv[ox], ra[ox], v[ox], a[ox]);
+    }
+  }
+
+  int64_t H_, W_, Wo_, kw_, sw_, pl_, dh_, dw_;
+  std::vector<TapRange> rows_, cols_;
+  int64_t full_begin_ = 0, full_end_ = 0;
+  std::vector<float> row_value_, value_;
+  std::vector<int32_t> row_at_, at_;
+};
 
 }  // namespace
 
@@ -126,24 +240,16 @@ void max_pool_gradient_cpu(const float* x, const int64_t x_shape[4], const float
                            const Parallel& parallel) {
   const int64_t H = x_shape[2], W = x_shape[3], Ho = g_shape[2], Wo = g_shape[3];
   const int64_t planes = x_shape[0] * x_shape[1];
-  const int64_t dh = geo.dilations[0], dw = geo.dilations[1];
-  const auto rows = tap_ranges(Ho, H, geo.kernel[0], geo.strides[0], geo.pads[0], dh);
-  const auto cols = tap_ranges(Wo, W, geo.kernel[1], geo.strides[1], geo.pads[1], dw);
   parallel.run(planes, [&](int64_t begin, int64_t end) {
+    PlaneMaxima maxima(geo, H, W, Ho, Wo);
     for (int64_t p = begin; p < end; ++p) {
-      const float* xp = x + p * H * W;
       const float* gp = g + p * Ho * Wo;
       float* dp = dx + p * H * W;
       std::fill(dp, dp + H * W, 0.f);
-      for (int64_t oy = 0; oy < Ho; ++oy) {
-        const TapRange r = rows[static_cast<size_t>(oy)];
-        if (r.lo >= r.hi) continue;
-        for (int64_t ox = 0; ox < Wo; ++ox) {
-          const TapRange c = cols[static_cast<size_t>(ox)];
-          if (c.lo >= c.hi) continue;
-          float value;
-          dp[window_argmax(xp, W, r, c, dh, dw, value)] += gp[oy * Wo + ox];
-        }
+      maxima.compute(x + p * H * W, 0, Ho);
+      const int32_t* pos = maxima.position();
+      for (int64_t w = 0; w < Ho * Wo; ++w) {  // windows in order: deterministic sums
+        if (pos[w] >= 0) dp[pos[w]] += gp[w];
       }
     }
   });
@@ -154,33 +260,33 @@ void max_pool_relevance_cpu(const float* x, const int64_t x_shape[4], const floa
                             const Parallel& parallel) {
   const int64_t N = x_shape[0], C = x_shape[1], H = x_shape[2], W = x_shape[3];
   const int64_t Ho = s_shape[2], Wo = s_shape[3];
-  const int64_t dh = geo.dilations[0], dw = geo.dilations[1];
-  const auto rows = tap_ranges(Ho, H, geo.kernel[0], geo.strides[0], geo.pads[0], dh);
-  const auto cols = tap_ranges(Wo, W, geo.kernel[1], geo.strides[1], geo.pads[1], dw);
-  // One task per (image, block of input rows): it scans every window that reaches into its rows,
+  // One task per (image, block of input rows): it takes every window that reaches into its rows,
   // over all channels in order, and keeps the maxima that fall in them (deterministic sums; a
   // window across two blocks is scanned by both).
-  constexpr int64_t kRows = 8;
+  constexpr int64_t kRows = 16;
   const int64_t blocks = (H + kRows - 1) / kRows;
   parallel.run(N * blocks, [&](int64_t begin, int64_t end) {
+    PlaneMaxima maxima(geo, H, W, Ho, Wo);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t n = t / blocks, y0 = (t % blocks) * kRows, y1 = std::min(H, y0 + kRows);
       float* op = out + n * H * W;
       const int64_t lo = y0 * W, hi = y1 * W;  // this task's positions in the plane
       std::fill(op + lo, op + hi, 0.f);
-      const float* sp = s + n * Ho * Wo;
+      int64_t oy0 = 0, oy1 = 0;  // the windows reaching into rows [y0, y1): contiguous
+      for (int64_t oy = 0; oy < Ho; ++oy) {
+        int64_t first, last;
+        maxima.row_span(oy, oy + 1, first, last);
+        if (first >= y1 || last <= y0) continue;
+        if (oy1 == 0) oy0 = oy;
+        oy1 = oy + 1;
+      }
+      const float* sp = s + n * Ho * Wo + oy0 * Wo;
       for (int64_t c = 0; c < C; ++c) {
-        const float* xp = x + (n * C + c) * H * W;
-        for (int64_t oy = 0; oy < Ho; ++oy) {
-          const TapRange r = rows[static_cast<size_t>(oy)];
-          if (r.lo >= r.hi || r.start + (r.hi - 1) * dh < y0 || r.start + r.lo * dh >= y1) continue;
-          for (int64_t ox = 0; ox < Wo; ++ox) {
-            const TapRange cr = cols[static_cast<size_t>(ox)];
-            if (cr.lo >= cr.hi) continue;
-            float value;
-            const int64_t best = window_argmax(xp, W, r, cr, dh, dw, value);
-            if (best >= lo && best < hi) op[best] += sp[oy * Wo + ox] * std::fabs(value);
-          }
+        maxima.compute(x + (n * C + c) * H * W, oy0, oy1);
+        const int32_t* pos = maxima.position();
+        const float* value = maxima.value();
+        for (int64_t w = 0; w < (oy1 - oy0) * Wo; ++w) {
+          if (pos[w] >= lo && pos[w] < hi) op[pos[w]] += sp[w] * std::fabs(value[w]);
         }
       }
     }
