@@ -160,12 +160,15 @@ def backward_graph(model: ModelSource, wrt: Sequence[str] | str, rule: str = "gr
                    ) -> onnx.ModelProto:
     """A model (image, target) -> raw backward signal at each tensor in `wrt` (outputs named
     `grad:<name>` in the order given; the signal is ∂ logit_target / ∂ tensor for the gradient
-    rule, the rectified signal for the others)."""
+    rule, the rectified signal for the others). `wrt` takes layer names, tensor names and, for
+    the gradient rule, parameter names (conv/Gemm/MatMul weights and biases, BatchNormalization
+    scale and bias, as named in the canonical model): their gradients summed over the batch."""
     canon = canonicalize(model)
     wrt = [wrt] if isinstance(wrt, str) else list(wrt)
     asm = _Assembly(canon)
     names = LayerNames(asm.index, canon.input_name)
-    tensors = [names.resolve(w) for w in wrt]
+    params = set(meta.parameters(asm.index)) if rule == "gradient" else set()
+    tensors = [w if w in params else names.resolve(w) for w in wrt]
     grads = asm.grads(rule, tensors)
     outputs = []
     for label, tensor in zip(wrt, tensors):
