@@ -23,7 +23,10 @@ namespace onnx_saliency {
 std::string max_pool_gradient_check(const int64_t x_shape[4], const int64_t g_shape[4],
                                     const ConvGeometry& geo);
 
-// CPU: one (n, c) plane per task, windows in order, so sums are deterministic.
+// CPU: one (n, c) plane per task, windows in order, so sums are deterministic. Window maxima are
+// found separably (first maxima along each row's window columns, then down the window's rows):
+// the same position as the row-major scan for every input without NaN; with NaN in a window the
+// chosen position may differ (never out of the window).
 void max_pool_gradient_cpu(const float* x, const int64_t x_shape[4], const float* g,
                            const int64_t g_shape[4], const ConvGeometry& geo, float* dx,
                            const Parallel& parallel = ThreadParallel());

@@ -4,8 +4,9 @@ With stride 1 and constant weights the same dx is a plain convolution with the s
 per-group transposed kernel and pads d(k−1) − p, which runs on ONNX Runtime's fast Conv path.
 
 Weight gradient (meta-saliency), per group j: dW_j[k, c, i, l] = Σ_n Σ_v g[n, k, v] a[n, c, v·s + (i, l)·d − p]:
-one Conv whose batch is the group's input channel c, whose channels are (j, n), whose kernel is
-g itself (strides and dilations swapped), cropped to the kernel size. dB = Σ_{n,v} g.
+2-D with known sizes, im2col and one GEMM (weight_gradient); otherwise one Conv whose batch is
+the group's input channel c, whose channels are (j, n), whose kernel is g itself (strides and
+dilations swapped), cropped to the kernel size. dB = Σ_{n,v} g.
 """
 
 from __future__ import annotations
@@ -71,16 +72,15 @@ def weight_gradient(ctx: RuleContext, g: str, x: str, out: str, wshape: list, ge
                     group: int) -> str:
     """dW [K, C/G, k…] of a conv with input x, output `out` and output signal g.
 
-    2-D with a known output size: one batched MatMul per kernel offset (i, l),
-    dW[:, :, i, l] = g_j · shift_{i,l}(x)_jᵀ per group j, the shifted x a strided Slice of the padded
-    input (GEMM work equal to the forward conv's). Otherwise the transposed-conv formulation of the
-    module docstring."""
+    2-D with a known output size: im2col and one GEMM per group,
+    dW_j = g_j · cols_jᵀ, cols[(c, i, l), (n, v)] = x[n, c, v·s + (i, l)·d − p] (GEMM work equal
+    to the forward conv's). Otherwise the transposed-conv formulation of the module docstring."""
     b = ctx.b
     k_out, cg = wshape[:2]
     kernel = wshape[2:]
     g_hw = ctx.spatial(out)
     if len(kernel) == 2 and g_hw is not None:
-        return _weight_gradient_by_offsets(ctx, g, x, k_out, cg, kernel, geo, group, g_hw)
+        return _weight_gradient_im2col(ctx, g, x, k_out, cg, kernel, geo, group, g_hw)
     n = len(kernel)
     spatial = list(range(3, 3 + n))
     # a [N, C, S…] -> [N, G, C/G, S…] -> [C/G, G, N, S…] -> [C/G, G·N, S…]
@@ -94,42 +94,44 @@ def weight_gradient(ctx: RuleContext, g: str, x: str, out: str, wshape: list, ge
     return b.op("Transpose", dw, perm=[1, 0] + list(range(2, 2 + n)))
 
 
-def col_rank(group: int, kg: int, cg: int) -> int:
-    """Rank of one offset's dW column: [K, C] (Gemm), [G, 1] (depthwise) or [G, Kg, Cg]."""
-    return 2 if group == 1 or (kg == 1 and cg == 1) else 3
-
-
-def _weight_gradient_by_offsets(ctx, g, x, k_out, cg, kernel, geo, group, out_hw):
+def _weight_gradient_im2col(ctx, g, x, k_out, cg, kernel, geo, group, out_hw):
+    """x and g with channels first ([C, N, H, W], [K, N·Ho·Wo]: one copy each), the k² shifted
+    (strided) windows of x stacked as cols [C, k², N·Ho·Wo], then per group one GEMM."""
     b = ctx.b
     (kh, kw), (sh, sw), (dh, dw_) = kernel, geo["strides"], geo["dilations"]
-    pads = geo["pads"]
-    if any(pads):
-        x = b.op("Pad", x, b.ints([0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]]))
     ho, wo = out_hw
-    kg = k_out // group
-    # g [N, K, Ho, Wo] -> [G, Kg, N·Ho·Wo]
-    g_mat = b.op("Reshape", b.op("Transpose", b.op("Reshape", g, b.ints([0, group, kg, -1])),
-                                 perm=[1, 2, 0, 3]), b.ints([group, kg, -1]))
-    columns = []
+    pads = geo["pads"]
+    xt = b.op("Transpose", x, perm=[1, 0, 2, 3])                               # [C, N, H, W]
+    if any(pads):
+        xt = b.op("Pad", xt, b.ints([0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]]))
+    x_hw = ctx.spatial(x)
+    padded_hw = None if x_hw is None else (x_hw[0] + pads[0] + pads[2], x_hw[1] + pads[1] + pads[3])
+    shifted = []
     for i in range(kh):
         for l in range(kw):
-            shifted = b.op("Slice", x, b.ints([i * dh, l * dw_]),
-                           b.ints([i * dh + sh * (ho - 1) + 1, l * dw_ + sw * (wo - 1) + 1]),
-                           b.ints([2, 3]), b.ints([sh, sw]))                   # [N, C, Ho, Wo]
-            # -> [G, Cg, N·Ho·Wo] (a reshape when N = 1)
-            x_mat = b.op("Reshape", b.op("Transpose", b.op("Reshape", shifted, b.ints([0, group, cg, -1])),
-                                         perm=[1, 2, 0, 3]), b.ints([group, cg, -1]))
-            if group == 1:       # [K, M] · [C, M]ᵀ as one Gemm (no transpose copy)
-                col = b.op("Gemm", b.op("Reshape", g_mat, b.ints([kg, -1])),
-                           b.op("Reshape", x_mat, b.ints([cg, -1])), transB=1)
-            elif kg == 1 and cg == 1:   # depthwise: a per-channel dot product
-                col = b.reduce("ReduceSum", b.op("Mul", g_mat, x_mat), [2], keepdims=False)
+            begin, end = (i * dh, l * dw_), (i * dh + sh * (ho - 1) + 1, l * dw_ + sw * (wo - 1) + 1)
+            if begin == (0, 0) and (sh, sw) == (1, 1) and end == padded_hw:
+                shifted.append(xt)                                           # the whole of x
             else:
-                col = b.op("MatMul", g_mat, b.op("Transpose", x_mat, perm=[0, 2, 1]))
-            columns.append(b.unsqueeze(col, [col_rank(group, kg, cg)]))       # [..., 1]
-    stacked = columns[0] if len(columns) == 1 else b.op("Concat", *columns,
-                                                        axis=col_rank(group, kg, cg))
-    return b.op("Reshape", stacked, b.ints([k_out, cg, kh, kw]))
+                shifted.append(b.op("Slice", xt, b.ints(begin), b.ints(end), b.ints([2, 3]),
+                                    b.ints([sh, sw])))                       # [C, N, Ho, Wo]
+    cols = shifted[0] if len(shifted) == 1 else b.op(
+        "Concat", *[b.unsqueeze(t, [1]) for t in shifted], axis=1)          # [C, k², N, Ho, Wo]
+    taps = kh * kw
+    kg = k_out // group
+    g_t = b.op("Transpose", g, perm=[1, 0, 2, 3])                              # [K, N, Ho, Wo]
+    if group == 1:                                    # [K, M] · [C·k², M]ᵀ as one Gemm
+        dw = b.op("Gemm", b.op("Reshape", g_t, b.ints([k_out, -1])),
+                  b.op("Reshape", cols, b.ints([cg * taps, -1])), transB=1)
+    elif kg == 1 and cg == 1:                         # depthwise: per-channel dot products
+        dw = b.reduce("ReduceSum", b.op("Mul", b.op("Reshape", cols, b.ints([group, taps, -1])),
+                                        b.op("Reshape", g_t, b.ints([group, 1, -1]))),
+                      [2], keepdims=False)
+    else:                                             # per group [Cg·k², M] · [M, Kg]
+        g_m = b.op("Transpose", b.op("Reshape", g_t, b.ints([group, kg, -1])), perm=[0, 2, 1])
+        dw = b.op("MatMul", b.op("Reshape", cols, b.ints([group, cg * taps, -1])), g_m)
+        dw = b.op("Transpose", dw, perm=[0, 2, 1])                             # [G, Kg, Cg·k²]
+    return b.op("Reshape", dw, b.ints([k_out, cg, kh, kw]))
 
 
 RULES = {"Conv": conv}
