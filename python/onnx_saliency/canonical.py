@@ -170,12 +170,19 @@ def bypass_softmax(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     return model, out
 
 
+def _fixed_batch(model: onnx.ModelProto, input_name: str) -> int | None:
+    """The input's fixed batch size, or None when dim 0 is symbolic."""
+    inp = next(i for i in model.graph.input if i.name == input_name)
+    dim0 = inp.type.tensor_type.shape.dim[0]
+    return dim0.dim_value if dim0.HasField("dim_value") and dim0.dim_value > 0 else None
+
+
 def make_batch_dynamic(model: onnx.ModelProto, input_name: str) -> tuple[onnx.ModelProto, int | None]:
     """Make dim 0 of the input and outputs symbolic; return the old fixed batch (or None)."""
     graph = model.graph
     inp = next(i for i in graph.input if i.name == input_name)
     dim0 = inp.type.tensor_type.shape.dim[0]
-    old = dim0.dim_value if dim0.HasField("dim_value") and dim0.dim_value > 0 else None
+    old = _fixed_batch(model, input_name)
     dim0.Clear()
     dim0.dim_param = BATCH
     for out in graph.output:
@@ -277,13 +284,14 @@ def remove_dead_code(model: onnx.ModelProto) -> onnx.ModelProto:
             live.update(i for i in node.input if i)
     del graph.node[:]
     graph.node.extend(reversed(keep))
+    # deleted in place, from the back: re-adding the kept ones would copy every weight
     dead = {t.name for t in graph.initializer if t.name not in live}
-    kept_inits = [t for t in graph.initializer if t.name in live]
-    del graph.initializer[:]
-    graph.initializer.extend(kept_inits)
-    kept_inputs = [i for i in graph.input if i.name not in dead]
-    del graph.input[:]
-    graph.input.extend(kept_inputs)
+    for i in reversed(range(len(graph.initializer))):
+        if graph.initializer[i].name in dead:
+            del graph.initializer[i]
+    for i in reversed(range(len(graph.input))):
+        if graph.input[i].name in dead:
+            del graph.input[i]
     return model
 
 
@@ -361,8 +369,10 @@ def canonicalize(source: ModelSource, layout: str = "NCHW") -> CanonicalModel:
     if layout == "NHWC":
         model = channels_first_input(model, input_name)
     output_name = model.graph.output[0].name
-    backup = onnx.ModelProto()
-    backup.CopyFrom(model)
+    backup = None
+    if _fixed_batch(model, input_name):   # a copy to fall back on (it copies every weight)
+        backup = onnx.ModelProto()
+        backup.CopyFrom(model)
     model, old_batch = make_batch_dynamic(model, input_name)
     fixed_batch = None
     if old_batch is not None and not _batch_works(model, input_name):
