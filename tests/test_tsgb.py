@@ -312,3 +312,40 @@ def test_sums_of_broadcasts_are_summed_as_one_channel_maps():
     out = make_session(model).run(None, feeds)[0]
     expected = np.sign(feeds["a"]) * (feeds["s1"] + feeds["s2"]) + feeds["other"]
     np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_residual_adds_read_a_copy_of_a_skip_tensor_the_backward_reads_late(torchvision_model):
+    """Every residual Add(conv, s) whose s a backward node reads after the seed (TSGB's
+    Σ ĝ ⊙ s) takes an early copy of s instead, so the fused Conv+Add may overwrite its operand;
+    the maps equal those of the graph without copies (to 1e-5 of the peak: ORT sums in another
+    order)."""
+    path, _ = torchvision_model("resnet18", 64)
+    ex = osal.Explainer(path, methods=["tsgb"], fused=False)
+    nodes = list(ex.model.graph.node)
+    producer = {o: n for n in nodes for o in n.output}
+    after_seed = {"target"}                       # tensors that depend on the target
+    for n in nodes:
+        if after_seed & set(n.input):
+            after_seed.update(n.output)
+    adds = [n for n in nodes if n.op_type == "Add" and not n.name.startswith("osal/")
+            and any(producer.get(i) is not None and producer[i].op_type == "Conv" for i in n.input)]
+    assert len(adds) == 8                            # resnet18's residual blocks
+    copied = 0
+    for add in adds:
+        for s in add.input:
+            if producer[s].op_type == "MaxPool" and producer[s].name.startswith("osal/copy/"):
+                copied += 1
+                continue
+            late = [n for n in nodes if s in n.input and set(n.output) & after_seed]
+            assert producer[s].op_type == "Conv" or not late, (add.name, s)
+    assert copied == 8             # identity blocks: the block input; others: the downsample
+    x = _images(2, 64)
+    with_copies = ex.explain(x, [3, 5])["tsgb"]
+    import onnx_saliency.explainer as explainer_mod
+    original = explainer_mod.copy_fused_sum_operands
+    try:
+        explainer_mod.copy_fused_sum_operands = lambda graph, added, index: list(added)
+        without = osal.Explainer(path, methods=["tsgb"], fused=False).explain(x, [3, 5])["tsgb"]
+    finally:
+        explainer_mod.copy_fused_sum_operands = original
+    np.testing.assert_allclose(with_copies, without, rtol=0, atol=1e-5 * np.abs(without).max())

@@ -25,7 +25,7 @@ from . import fused as fused_ops
 from . import meta
 from .combine import combination
 from .errors import LayerNotFoundError, MethodError, SaliencyError
-from .graph import GraphBuilder, GraphIndex, interleave_early
+from .graph import GraphBuilder, GraphIndex, copy_fused_sum_operands, interleave_early
 from .layers import LayerNames, default_layer
 from .methods.base import Method
 from .runtime import TargetLike, check_images, check_targets, make_session
@@ -129,7 +129,7 @@ class _Assembly:
         """outputs: (output name, tensor, rank); the batch dim of each is symbolic."""
         graph = self.model.graph
         graph.initializer.extend(self.b.initializers)
-        nodes = interleave_early(graph, self.b.nodes)
+        nodes = interleave_early(graph, copy_fused_sum_operands(graph, self.b.nodes, self.index))
         del graph.node[:]
         graph.node.extend(nodes)
         graph.input.append(helper.make_tensor_value_info(TARGET, TensorProto.INT64, [BATCH]))
