@@ -326,9 +326,10 @@ def copy_fused_sum_operands(graph: onnx.GraphProto, added: Sequence[onnx.NodePro
     Runtime's blocked layout) that the Add takes instead of s (the Add is rewired in place).
 
     ONNX Runtime fuses Conv → Add(·, s) into one Conv that accumulates into s's buffer, in place
-    only when that Conv is s's last reader; otherwise the Conv first copies s, at 2-3× the cost of
-    this copy (ResNet-50 layer1, batch 8: 6 → 17 ms per block). The copy is the fused Conv's own
-    operand, so its buffer is free to overwrite whatever order the session runs nodes in."""
+    only when that Conv is s's last reader; otherwise the Conv first copies s, at about twice the
+    cost of this copy (ResNet-50 layer1, batch 8: 6 → 17 ms per block). The copy is the fused
+    Conv's own operand, so its buffer is free to overwrite whatever order the session runs nodes
+    in."""
     readers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
     for node in [*graph.node, *added]:
         for i in node.input:
