@@ -109,27 +109,28 @@ FloatArray rectified_conv_transpose(const py::array& g_in, const py::array& z_in
   return out;
 }
 
-// MaxPoolGradient (relevance = false) or MaxPoolRelevance (true): x and the pool-grid input g
+// MaxPoolGradient (Relevance = false) or MaxPoolRelevance (true): x and the pool-grid input g
 // (s for the relevance), checked, run on std::threads.
+template <bool Relevance>
 FloatArray max_pool_backward(const py::array& x_in, const py::array& g_in,
                              const std::vector<int64_t>& kernel_shape,
                              const std::vector<int64_t>& strides, const std::vector<int64_t>& pads,
-                             const std::vector<int64_t>& dilations, int threads, bool relevance) {
-  const char* second = relevance ? "s" : "g";
+                             const std::vector<int64_t>& dilations, int threads) {
+  const char* second = Relevance ? "s" : "g";
   FloatArray x = as_float32(x_in, "x"), g = as_float32(g_in, second);
   auto xs = shape4(x, "x"), gs = shape4(g, second);
   ConvGeometry geo = geometry(kernel_shape, strides, pads, dilations);
-  std::string err = relevance ? onnx_saliency::max_pool_relevance_check(xs.data(), gs.data(), geo)
+  std::string err = Relevance ? onnx_saliency::max_pool_relevance_check(xs.data(), gs.data(), geo)
                               : onnx_saliency::max_pool_gradient_check(xs.data(), gs.data(), geo);
   if (!err.empty()) throw py::value_error(err);
-  FloatArray out({xs[0], relevance ? int64_t{1} : xs[1], xs[2], xs[3]});
+  FloatArray out({xs[0], Relevance ? int64_t{1} : xs[1], xs[2], xs[3]});
   const float* xp = x.data();
   const float* gp = g.data();
   float* op = out.mutable_data();
   {
     py::gil_scoped_release release;
     const onnx_saliency::ThreadParallel parallel(threads);
-    if (relevance) {
+    if constexpr (Relevance) {
       onnx_saliency::max_pool_relevance_cpu(xp, xs.data(), gp, gs.data(), geo, op, parallel);
     } else {
       onnx_saliency::max_pool_gradient_cpu(xp, xs.data(), gp, gs.data(), geo, op, parallel);
@@ -160,24 +161,14 @@ selective: ||max(a_u * g_u, 0)||)doc");
 
 out = sign(a) * ConvTranspose(S / (D + eps), ones), S = sum_k g*z over each group's output
 channels, D = box-sum over the conv window of sum_c |a| over the group's input channels.)doc");
-  m.def("max_pool_gradient",
-        [](const py::array& x, const py::array& g, const std::vector<int64_t>& kernel_shape,
-           const std::vector<int64_t>& strides, const std::vector<int64_t>& pads,
-           const std::vector<int64_t>& dilations, int threads) {
-          return max_pool_backward(x, g, kernel_shape, strides, pads, dilations, threads, false);
-        },
-        py::arg("x"), py::arg("g"), py::arg("kernel_shape") = k1, py::arg("strides") = k1,
-        py::arg("pads") = p0, py::arg("dilations") = k1, py::arg("threads") = 0,
+  m.def("max_pool_gradient", &max_pool_backward<false>, py::arg("x"), py::arg("g"),
+        py::arg("kernel_shape") = k1, py::arg("strides") = k1, py::arg("pads") = p0,
+        py::arg("dilations") = k1, py::arg("threads") = 0,
         R"doc(The 2-D MaxPool backward [N,C,H,W] (float32): g [N,C,Ho,Wo] routed to the first
 maximum (row-major, padding never wins) of each window of x, overlapping windows adding up.)doc");
-  m.def("max_pool_relevance",
-        [](const py::array& x, const py::array& s, const std::vector<int64_t>& kernel_shape,
-           const std::vector<int64_t>& strides, const std::vector<int64_t>& pads,
-           const std::vector<int64_t>& dilations, int threads) {
-          return max_pool_backward(x, s, kernel_shape, strides, pads, dilations, threads, true);
-        },
-        py::arg("x"), py::arg("s"), py::arg("kernel_shape") = k1, py::arg("strides") = k1,
-        py::arg("pads") = p0, py::arg("dilations") = k1, py::arg("threads") = 0,
+  m.def("max_pool_relevance", &max_pool_backward<true>, py::arg("x"), py::arg("s"),
+        py::arg("kernel_shape") = k1, py::arg("strides") = k1, py::arg("pads") = p0,
+        py::arg("dilations") = k1, py::arg("threads") = 0,
         R"doc(TSGB's relevance [N,1,H,W] (float32) at a MaxPool's input x when its output carries
 sign(p)*s, s [N,1,Ho,Wo]: sum over channels of s*|x| routed to each window's first maximum.)doc");
   m.def("library_path", [m]() -> py::object {
