@@ -24,7 +24,15 @@ def _positive(ctx: RuleContext, x: str) -> str:
 
 
 # 2^127: times any positive normal float32 (≥ 2^-126) it is ≥ 2, so Clip(·, 0, 1) gives exactly 1
-MASK_GAIN = np.float32(2.0 ** 127)
+_MASK_GAIN = np.float32(2.0 ** 127)
+
+
+def unit_step(ctx: RuleContext, y: str, channels: int, lo: float) -> str:
+    """Clip(2^127·y, lo, 1) as a 1×1 depthwise Conv with a fused Clip: 1[y > 0] for lo = 0,
+    sign(y) for lo = −1, exact for every normal float (the ReLU mask and TSGB's sign(a) share
+    it; identical nodes are emitted once)."""
+    scaled = channel_scale(ctx, y, channels, _MASK_GAIN)
+    return ctx.b.op("Clip", scaled, ctx.b.const(lo), ctx.b.const(1.0))
 
 
 def _relu_mask(ctx: RuleContext, node) -> str:
@@ -39,8 +47,7 @@ def _relu_mask(ctx: RuleContext, node) -> str:
     y = node.output[0]
     c = ctx.float_channels(y)
     if c is not None:
-        scaled = channel_scale(ctx, y, c, MASK_GAIN)
-        return ctx.b.op("Clip", scaled, ctx.b.const(0.0), ctx.b.const(1.0))
+        return unit_step(ctx, y, c, 0.0)
     positive = ctx.b.op("Greater", y, ctx.b.const(0.0))
     return ctx.b.op("Cast", positive, to=ctx.index.types.get(y, 1))
 

@@ -36,7 +36,6 @@ from ... import fused
 from ...graph import attrs_of
 from ..context import (
     RuleContext,
-    channel_scale,
     conv_geometry,
     conv_params,
     conv_transpose_to,
@@ -145,10 +144,8 @@ def abs_channel_sum(ctx: RuleContext, a: str) -> str:
 def _sign(ctx: RuleContext, a: str) -> str:
     """sign(a) for float32 [N,C,H,W]: Clip(2^127·a, lo, 1) as a 1×1 depthwise Conv, lo = 0 for
     a known ≥ 0 (the ReLU mask, shared), else -1; exact for every normal float."""
-    c = ctx.float_channels(a)
     lo = 0.0 if _nonnegative(ctx, a) else -1.0
-    scaled = channel_scale(ctx, a, c, activations.MASK_GAIN)
-    return ctx.b.op("Clip", scaled, ctx.b.const(lo), ctx.b.const(1.0))
+    return activations.unit_step(ctx, a, ctx.float_channels(a), lo)
 
 
 def _residual_add(ctx: RuleContext, z: str):
