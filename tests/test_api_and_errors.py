@@ -80,6 +80,23 @@ def test_fixed_batch_model_explains_a_batch(tmp_path):
     np.testing.assert_allclose(maps[4], ex.explain(x[4:], target=1)["gradient"][0], rtol=1e-5)
 
 
+def test_meta_refuses_a_model_stuck_at_a_batch_above_one():
+    """Meta-saliency steps the weights once per image; a model whose batch cannot be made
+    dynamic (here a batch-shaped constant) and is not 1 is refused with one sentence."""
+    model = make_graphs.build("maxpool_overlap")
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 3
+    pin = onnx.numpy_helper.from_array(np.zeros((3, 3, 8, 8), np.float32), "pin")
+    model.graph.initializer.append(pin)
+    for node in model.graph.node:
+        node.input[:] = ["x/pinned" if i == "x" else i for i in node.input]
+    model.graph.node.insert(0, onnx.helper.make_node("Add", ["x", "pin"], ["x/pinned"]))
+    with pytest.warns(UserWarning, match="fixed to batch 3"):
+        ex = osal.Explainer(model, methods=["gradient"])
+    assert ex.explain(_images(4), target=0)["gradient"].shape == (4, 8, 8)
+    with pytest.warns(UserWarning), pytest.raises(osal.MethodError, match="fixed to batch 3"):
+        osal.Explainer(model, methods=["gradient"], meta=True)
+
+
 def test_fixed_batch_reshape_is_made_dynamic():
     model = make_graphs.build("gemm_trans")       # Reshape to [2, 2, 2, 2] with batch 2
     ex = osal.Explainer(model, methods=["gradient"])

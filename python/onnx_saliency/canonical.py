@@ -203,6 +203,16 @@ def make_batch_dynamic(model: onnx.ModelProto, input_name: str) -> tuple[onnx.Mo
     return model, old
 
 
+def set_batch(model: onnx.ModelProto, input_name: str, size: int) -> onnx.ModelProto:
+    """Dim 0 of the input fixed to `size` and the shapes inferred again, in place (static
+    shapes for a graph that always runs on `size` images)."""
+    inp = next(i for i in model.graph.input if i.name == input_name)
+    dim0 = inp.type.tensor_type.shape.dim[0]
+    dim0.Clear()
+    dim0.dim_value = size
+    return infer_shapes(model)
+
+
 def skeleton(model: onnx.ModelProto, max_elements: int = 4096) -> onnx.ModelProto:
     """The model with large initializers replaced by typed graph inputs: cheap to serialise for
     the checker and shape inference (small initializers stay: they may be shape constants)."""

@@ -20,7 +20,8 @@ from .backward.context import RuleContext
 from .backward.rules import RULE_TABLES
 from .backward.rules.tsgb import selected_fc_nodes
 from .backward.walk import backward
-from .canonical import BATCH, CanonicalModel, ModelSource, canonicalize, remove_dead_code
+from .canonical import (BATCH, CanonicalModel, ModelSource, canonicalize, remove_dead_code,
+                        set_batch)
 from . import fused as fused_ops
 from . import meta
 from .combine import combination
@@ -61,6 +62,13 @@ class _Assembly:
         self.canon = canon
         self.model = onnx.ModelProto()
         self.model.CopyFrom(canon.model)
+        self.per_image = meta_lr is not None      # meta: built for one image, Scan over the batch
+        if self.per_image:
+            if canon.fixed_batch not in (None, 1):
+                raise MethodError(
+                    f"meta=True steps the weights once per image, but this model is fixed to "
+                    f"batch {canon.fixed_batch}; export it with a dynamic batch or batch 1.")
+            set_batch(self.model, canon.input_name, 1)
         self.index = GraphIndex(self.model)
         self.b = GraphBuilder(self.index, fused=fused)
         if TARGET in self.index.producer or TARGET in self.index.graph_inputs:
@@ -146,7 +154,8 @@ class _Assembly:
                 self.model.metadata_props.append(
                     onnx.StringStringEntryProto(key=key, value=json.dumps(value)))
         del graph.value_info[:]
-        return remove_dead_code(self.model)
+        model = remove_dead_code(self.model)
+        return meta.per_image(model) if self.per_image else model
 
 
 def _check_4d(index: GraphIndex, tensor: str, label: str) -> None:
@@ -312,7 +321,7 @@ class Explainer:
         images = check_images(images, self.input_shape)
         n = images.shape[0]
         targets = check_targets(target, n, self.num_classes)
-        step = 1 if self.meta else (self.canonical.fixed_batch or n)  # meta: one step per image
+        step = n if self.meta else (self.canonical.fixed_batch or n)  # meta: a Scan over images
         chunks = []
         for start in range(0, n, step):
             x, t = images[start:start + step], targets[start:start + step]

@@ -10,8 +10,9 @@ stepped model, in ONE graph:
     then a renamed copy of the forward graph reads θ' instead of θ, and the base method's walk
     runs over that copy, seeded on the copy's logits with the same class c.
 
-BN statistics stay frozen (eval mode). A batch takes one step on its summed loss; the Python API
-therefore runs meta explainers one image at a time (one step per image, as the method defines).
+BN statistics stay frozen (eval mode). The graph above is built for one image (static batch 1)
+and `per_image` wraps it in a Scan over the batch: one step per image, as the method defines,
+with nothing shared between the images of a batch.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from onnx import helper
 
 from .backward.rules import RULE_TABLES
 from .backward.walk import backward
+from .canonical import BATCH
 from .errors import MethodError
 from .graph import GraphBuilder, GraphIndex
 
 PREFIX = "meta/"
+ONE = "one_image/"   # the per-image graph's names for the outer graph's inputs and outputs
 PARAMETER_SLOTS = {"Conv": (1, 2), "Gemm": (1, 2), "MatMul": (1,), "BatchNormalization": (1, 2)}
 
 
@@ -97,3 +100,54 @@ def stepped_copy(model: onnx.ModelProto, forward_nodes: list[onnx.NodeProto],
         model.graph.value_info.append(helper.make_tensor_value_info(
             new, inits[param].data_type, list(inits[param].dims)))
     return rename
+
+
+def per_image(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The batch-1 explainer `model` as the body of a Scan over dim 0 of every graph input:
+    inputs [N, …] and outputs [N, …] as before, each image with its own SGD step. The weights
+    move into the body (one copy, no outer-scope reads), the metadata stays outside."""
+    graph = model.graph
+    inputs, outputs = [i.name for i in graph.input], [o.name for o in graph.output]
+    rename = {name: ONE + name for name in inputs + outputs}
+    scan = helper.make_node("Scan", inputs, outputs, name="per_image", num_scan_inputs=len(inputs))
+    attr = scan.attribute.add()      # filled in place: the weights are copied once
+    attr.name, attr.type = "body", onnx.AttributeProto.GRAPH
+    body = attr.g
+    body.name = "one_image"
+    axis0 = "one_image/axis0"
+    body.initializer.append(onnx.numpy_helper.from_array(np.array([0], np.int64), axis0))
+    for vi in graph.input:        # scan slices drop the batch dim; put it back
+        sliced = onnx.ValueInfoProto()
+        sliced.CopyFrom(vi)
+        sliced.name = ONE + "slice/" + vi.name
+        del sliced.type.tensor_type.shape.dim[:1]
+        body.input.append(sliced)
+        body.node.append(helper.make_node("Unsqueeze", [sliced.name, axis0], [rename[vi.name]],
+                                          name=ONE + "unsqueeze/" + vi.name))
+    for node in graph.node:
+        copy = body.node.add()
+        copy.CopyFrom(node)
+        for i, name in enumerate(node.input):
+            copy.input[i] = rename.get(name, name)
+        for i, name in enumerate(node.output):
+            copy.output[i] = rename.get(name, name)
+    for vi in graph.output:
+        body.node.append(helper.make_node("Squeeze", [rename[vi.name], axis0],
+                                          [ONE + "slice/" + vi.name], name=ONE + "squeeze/" + vi.name))
+        body.output.append(helper.make_tensor_value_info(ONE + "slice/" + vi.name,
+                                                         vi.type.tensor_type.elem_type, None))
+    body.initializer.extend(graph.initializer)
+    wrapped = onnx.ModelProto()
+    wrapped.ir_version = model.ir_version
+    wrapped.opset_import.extend(model.opset_import)
+    wrapped.metadata_props.extend(model.metadata_props)
+    wrapped.producer_name = model.producer_name
+    wrapped.graph.name = graph.name
+    wrapped.graph.node.append(scan)
+    wrapped.graph.input.extend(graph.input)
+    wrapped.graph.output.extend(graph.output)
+    for vi in [*wrapped.graph.input, *wrapped.graph.output]:
+        if vi.type.tensor_type.shape.dim:
+            vi.type.tensor_type.shape.dim[0].Clear()
+            vi.type.tensor_type.shape.dim[0].dim_param = BATCH
+    return wrapped
