@@ -94,14 +94,25 @@ def weight_gradient(ctx: RuleContext, g: str, x: str, out: str, wshape: list, ge
     return b.op("Transpose", dw, perm=[1, 0] + list(range(2, 2 + n)))
 
 
+def _channels_first(ctx: RuleContext, t: str, shape: tuple | None) -> str:
+    """[N, C, H, W] -> [C, N, H, W] for a tensor of static `shape` (or None): a free Reshape
+    when N is 1 (meta-saliency's per-image graph), else a Transpose."""
+    shape = shape or (None,)
+    if shape[0] == 1 and all(isinstance(d, int) for d in shape):
+        return ctx.b.op("Reshape", t, ctx.b.ints([shape[1], 1, *shape[2:]]))
+    return ctx.b.op("Transpose", t, perm=[1, 0, 2, 3])
+
+
 def _weight_gradient_im2col(ctx, g, x, k_out, cg, kernel, geo, group, out_hw):
-    """x and g with channels first ([C, N, H, W], [K, N·Ho·Wo]: one copy each), the k² shifted
-    (strided) windows of x stacked as cols [C, k², N·Ho·Wo], then per group one GEMM."""
+    """x and g with channels first ([C, N, H, W], [K, N·Ho·Wo]: one copy each, none at batch
+    1), the k² shifted (strided) windows of x stacked as cols [C, k², N·Ho·Wo], then per group
+    one GEMM."""
     b = ctx.b
     (kh, kw), (sh, sw), (dh, dw_) = kernel, geo["strides"], geo["dilations"]
     ho, wo = out_hw
     pads = geo["pads"]
-    xt = b.op("Transpose", x, perm=[1, 0, 2, 3])                               # [C, N, H, W]
+    x_shape = ctx.index.shapes.get(x)
+    xt = _channels_first(ctx, x, x_shape)                                      # [C, N, H, W]
     if any(pads):
         xt = b.op("Pad", xt, b.ints([0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]]))
     x_hw = ctx.spatial(x)
@@ -119,7 +130,7 @@ def _weight_gradient_im2col(ctx, g, x, k_out, cg, kernel, geo, group, out_hw):
         "Concat", *[b.unsqueeze(t, [1]) for t in shifted], axis=1)          # [C, k², N, Ho, Wo]
     taps = kh * kw
     kg = k_out // group
-    g_t = b.op("Transpose", g, perm=[1, 0, 2, 3])                              # [K, N, Ho, Wo]
+    g_t = _channels_first(ctx, g, x_shape and (x_shape[0], k_out, ho, wo))     # [K, N, Ho, Wo]
     if group == 1:                                    # [K, M] · [C·k², M]ᵀ as one Gemm
         dw = b.op("Gemm", b.op("Reshape", g_t, b.ints([k_out, -1])),
                   b.op("Reshape", cols, b.ints([cg * taps, -1])), transB=1)
