@@ -4,6 +4,7 @@ equations in METHODS.md §1 (tolerance 1e-4 of the map's peak)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import onnx_saliency as osal
 from onnx_saliency import methods
@@ -154,10 +155,23 @@ def test_ebp_default_layer_is_resnet_layer3(tmp_path):
     assert osal.Explainer(path, methods=["ebp", "cebp"]).map_names == ["ebp@layer3", "cebp@layer3"]
 
 
-def test_default_layers_follow_the_presets(tmp_path):
-    path = tmp_path / "r18.onnx"
-    export_torchvision("resnet18", path, 32)
+# (architecture, Grad-CAM/NormGrad default, EBP default, normgrad_conv default): the README's
+# table; VGG at 64 px classifies the feature map directly (conftest), its features are the same
+DEFAULTS = [
+    ("resnet18", "layer4", "layer3", "layer4.1.conv2"),
+    ("vgg11", "features.19", "features.15", "features.18"),
+    ("vgg11_bn", "features.27", "features.21", "features.25"),
+    ("mobilenet_v2", "features", "features", "features.18.0"),
+    ("squeezenet1_1", "classifier.2", "classifier.2", "classifier.1"),
+    ("efficientnet_b0", "features", "features", "features.8.0"),   # squeeze-excitation pools
+    ("convnext_tiny", "features", "features", "features.7.2.block.0"),  # channels-last head
+]
+
+
+@pytest.mark.parametrize("name,cam,ebp,conv", DEFAULTS)
+def test_default_layers_follow_the_presets(torchvision_model, name, cam, ebp, conv):
+    path, _ = torchvision_model(name, 64)
     defaults = osal.default_layers(path)
-    assert defaults["gradcam"] == defaults["normgrad"] == defaults["normgrad_selective"]
-    assert defaults["ebp"] == defaults["cebp"] == "layer3"
-    assert defaults["normgrad_conv"].endswith("conv2")
+    assert defaults["gradcam"] == defaults["normgrad"] == defaults["normgrad_selective"] == cam
+    assert defaults["ebp"] == defaults["cebp"] == ebp
+    assert defaults["normgrad_conv"] == conv

@@ -365,9 +365,9 @@ def list_layers(model: ModelSource) -> list[str]:
 def default_layers(model: ModelSource) -> dict[str, str]:
     """The layer each layer method taps when none is given, for this model: {method: layer}.
 
-    Presets by module path (VGG16 features.29 / ResNet50 layer4 for Grad-CAM and the NormGrad
-    family, features.23 / layer3 for EBP), else the rule: the last spatial tensor before global
-    pooling; normgrad_conv: the last convolution."""
+    Grad-CAM and the NormGrad family: the last spatial tensor before the classifier's global
+    pooling (VGG16 features.29, ResNet50 layer4); normgrad_conv: the last convolution; EBP: by
+    family (ResNets layer3, VGGs pool4: VGG16 features.23), else the Grad-CAM layer."""
     canon = canonicalize(model)
     index = GraphIndex(canon.model)
     names = LayerNames(index, canon.input_name)

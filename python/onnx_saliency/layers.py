@@ -62,10 +62,27 @@ def module_paths(index: GraphIndex) -> dict[str, str]:
     return found
 
 
+def _global_pool(index: GraphIndex, node) -> bool:
+    """A pooling to one value per channel: GlobalAverage/MaxPool, or a ReduceMean/ReduceMax
+    over H and W of a 4-D tensor."""
+    if node.op_type in ("GlobalAveragePool", "GlobalMaxPool"):
+        return True
+    if node.op_type not in ("ReduceMean", "ReduceMax") or not node.input:
+        return False
+    axes = index.const(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+    if axes is None:
+        axes = next((a.ints for a in node.attribute if a.name == "axes"), None)
+    return axes is not None and sorted(int(a) % 4 for a in axes) == [2, 3] \
+        and len(index.shapes.get(node.input[0]) or ()) == 4
+
+
 def default_layer(index: GraphIndex, input_name: str) -> str:
-    """The last 4-D spatial tensor not made by a pooling op: the usual Grad-CAM layer."""
+    """The last 4-D spatial tensor (not 1×1, not made by a pooling op) before the last global
+    pooling (the classifier's; squeeze-excitation pools come earlier): the usual Grad-CAM
+    layer."""
+    pools = [i for i, node in enumerate(index.nodes) if _global_pool(index, node)]
     best = input_name
-    for node in index.nodes:
+    for node in index.nodes[:pools[-1] if pools else None]:
         if node.op_type in _POOLS:
             continue
         for out in node.output:

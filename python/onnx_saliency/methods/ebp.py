@@ -4,30 +4,30 @@ ebp:  p from a one-hot on the target (the walk of rules/ebp.py), map Σ_c p.
 cebp: contrastive: p⁺ from the classifier, p⁻ from the classifier with negated weights, both to
       the contrast layer (the last fully-connected layer's input: VGG16 relu7, ResNet50's pooled
       layer4), their difference walked on to the layer with the EBP rules; map ReLU(Σ_c p).
-Default layers (METHODS.md): VGG16 features.23 (pool4), ResNet50 layer3; other networks: the
-general default (the last spatial tensor before global pooling).
+Default layers (METHODS.md): VGG16 features.23 (pool4), ResNet50 layer3, and the same stage in
+the other VGGs and ResNets; other networks: the general default (the last spatial tensor before
+the classifier's global pooling).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import LayerNotFoundError
 from .base import Method
 from .heads import aggregate
 
-KNOWN_DEFAULTS = ("layer3", "features.23")
-
 
 def _default_tap(index, image):
-    """layer3 / features.23 by module path, else None (the explainer's general default)."""
+    """The paper's layer by family, else None (the explainer's general default): ResNets
+    (module paths layer3 and layer4) layer3; VGGs (five MaxPools, all inside `features`) the
+    fourth pool's output, pool4 (VGG16 features.23, VGG16-BN features.33, VGG11 features.15)."""
     from ..layers import LayerNames
     names = LayerNames(index, image)
-    for label in KNOWN_DEFAULTS:
-        try:
-            return names.resolve(label)
-        except LayerNotFoundError:   # not this architecture
-            continue
+    if {"layer3", "layer4"} <= set(names.paths):
+        return names.resolve("layer3")
+    pools = [n.output[0] for n in index.nodes if n.op_type == "MaxPool"]
+    if len(pools) == 5 and all(names.friendly(p).split(".")[0] == "features" for p in pools):
+        return pools[3]
     return None
 
 
