@@ -191,6 +191,23 @@ def test_combination_sum_product_and_one_hot_weights(tmp_path):
         osal.Explainer(path, methods=["normgrad"], layers=layers, combine="mean")
 
 
+def test_stage_layer_sets(torchvision_model):
+    """layers="stages" (METHODS.md §2): ResNets layer1–layer4, VGGs the input of each of their
+    five MaxPools (checked against the torch module), other networks refused."""
+    import torch
+    path, _ = torchvision_model("resnet18", 64)
+    ex = osal.Explainer(path, methods=["normgrad_selective"], layers="stages")
+    assert ex.map_names == [f"normgrad_selective@layer{i}" for i in range(1, 5)]
+    path, vgg = torchvision_model("vgg11", 64)
+    keys = osal.Explainer(path, methods=["normgrad_selective"], layers="stages").map_names
+    stages = [k.split("@")[1] for k in keys]
+    pools = [i for i, m in enumerate(vgg.features) if isinstance(m, torch.nn.MaxPool2d)]
+    assert stages == [f"features.{i - 1}" for i in pools] and len(stages) == 5
+    path, _ = torchvision_model("mobilenet_v2", 64)
+    with pytest.raises(osal.LayerNotFoundError, match="stages"):
+        osal.Explainer(path, methods=["normgrad_selective"], layers="stages", combine="sum")
+
+
 def test_class_sensitivity_equals_scipy(tmp_path):
     path = tmp_path / "r18.onnx"
     export_torchvision("resnet18", path, 64)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import Explainer, default_layers
-from .errors import SaliencyError
+from .errors import LayerNotFoundError, SaliencyError
 
 PRESETS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
            "paddle": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
@@ -133,7 +133,7 @@ def _progress(total: int):
 def _layers(model) -> None:
     from .canonical import canonicalize
     from .graph import GraphIndex
-    from .layers import LayerNames
+    from .layers import LayerNames, stage_layers
     canon = canonicalize(model)
     index = GraphIndex(canon.model)
     names = LayerNames(index, canon.input_name)
@@ -143,6 +143,10 @@ def _layers(model) -> None:
         print(f"{name}\t{dims}")
     print("\ndefault layers: " + ", ".join(
         f"{method} -> {layer}" for method, layer in default_layers(model).items()))
+    try:
+        print('stages (--layer stages): ' + ", ".join(stage_layers(index, canon.input_name)))
+    except LayerNotFoundError:
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,11 +27,12 @@ from . import meta
 from .combine import combination
 from .errors import LayerNotFoundError, MethodError, SaliencyError
 from .graph import GraphBuilder, GraphIndex, copy_fused_sum_operands, interleave_early
-from .layers import LayerNames, default_layer
+from .layers import LayerNames, default_layer, stage_layers
 from .methods.base import Method
 from .runtime import TargetLike, check_images, check_targets, make_session
 
 TARGET = "target"
+STAGES = "stages"   # layers="stages": the paper's layer set for multi-layer maps
 
 
 @dataclass(frozen=True)
@@ -196,7 +197,8 @@ class Explainer:
 
     `methods`: names or method objects (`methods.GradCAM(relu=False)`); `layers`: layer names
     for layer methods (module paths such as `layer4` or raw tensor names; None: each method's
-    default); `providers`: ONNX Runtime execution providers; `fused`: emit the fused custom ops
+    default; "stages": the last layer of each stage, ResNets layer1–layer4, VGGs relu1_2 …
+    relu5_3); `providers`: ONNX Runtime execution providers; `fused`: emit the fused custom ops
     (default: when the custom-op library is present) or their portable decompositions.
     `combine` ("sum" | "product"): one map per layer method, the per-layer maps min-max
     normalised and combined with `weights` ("uniform", "linear" w_l = l/L, or a list), named
@@ -230,6 +232,8 @@ class Explainer:
         if not methods:
             raise MethodError("Give at least one method.")
         layers = [layers] if isinstance(layers, str) else (list(layers) if layers else None)
+        if layers == [STAGES] and STAGES not in self.layer_names:
+            layers = stage_layers(index, self.canonical.input_name)
         self.requests = self._requests([methods_mod.resolve(m) for m in methods], layers)
         self.combination = combination(combine, weights, self.requests)
         self.model = self._build(self.fused)

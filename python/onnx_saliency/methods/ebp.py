@@ -19,15 +19,15 @@ from .heads import aggregate
 
 def _default_tap(index, image):
     """The paper's layer by family, else None (the explainer's general default): ResNets
-    (module paths layer3 and layer4) layer3; VGGs (five MaxPools, all inside `features`) the
-    fourth pool's output, pool4 (VGG16 features.23, VGG16-BN features.33, VGG11 features.15)."""
-    from ..layers import LayerNames
+    layer3; VGGs the fourth pool's output, pool4 (VGG16 features.23, VGG16-BN features.33,
+    VGG11 features.15)."""
+    from ..layers import LayerNames, architecture, vgg_pools
     names = LayerNames(index, image)
-    if {"layer3", "layer4"} <= set(names.paths):
+    family = architecture(index, names)
+    if family == "resnet":
         return names.resolve("layer3")
-    pools = [n.output[0] for n in index.nodes if n.op_type == "MaxPool"]
-    if len(pools) == 5 and all(names.friendly(p).split(".")[0] == "features" for p in pools):
-        return pools[3]
+    if family == "vgg":
+        return vgg_pools(index, names)[3].output[0]
     return None
 
 
