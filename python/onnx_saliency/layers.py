@@ -5,6 +5,9 @@ PyTorch's exporters leave the module hierarchy in the graph:
 - the dynamo exporter in node metadata `pkg.torch.onnx.name_scopes`:
   `['', 'layer2', 'layer2.0', 'layer2.0.downsample', 'layer2.0.downsample.0', 'conv2d_7']`.
 A module path names the output of the last node (in graph order) inside that module.
+
+Also the layers a method taps when none is named: the general rule (`default_layer`), the
+families where the papers fix layers (`architecture`) and their stage sets (`stage_layers`).
 """
 
 from __future__ import annotations
