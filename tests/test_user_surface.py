@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
@@ -57,6 +58,19 @@ def test_cli_export_writes_a_runnable_graph(tmp_path, capsys):
     assert any(n.domain == "ai.onnx_saliency" for n in onnx.load(out).graph.node)
     assert main(["export", str(tmp_path / "missing.onnx"), "-o", str(out)]) == 1
     assert "error" in capsys.readouterr().err
+    # combination and meta from the command line give the Python API's maps
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    feed = {"input": x, "target": np.array([1, 2], np.int64)}
+    for flags, kwargs in [(["--layer", "stages", "--combine", "product", "--weights", "1,2,3,4"],
+                           {"layers": "stages", "combine": "product", "weights": [1, 2, 3, 4]}),
+                          (["--meta", "--meta-lr", "0.01"], {"meta": True, "meta_lr": 0.01})]:
+        assert main(["export", str(path), "-o", str(out), "--method", "normgrad_selective",
+                     *flags]) == 0
+        ours = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feed)
+        ref = osal.Explainer(path, methods=["normgrad_selective"], **kwargs).explain(x, [1, 2])
+        assert [o.name for o in onnx.load(out).graph.output][1:] == list(ref)
+        np.testing.assert_allclose(ours[1], next(iter(ref.values())), rtol=1e-5, atol=1e-7)
+    assert main(["export", str(path), "-o", str(out), "--combine", "sum", "--weights", "1,x"]) == 2
 
 
 def test_pointing_game_hand_cases():

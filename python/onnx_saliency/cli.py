@@ -80,7 +80,7 @@ def _target(target: str, labels: list[str] | None):
 
 
 def _explain(model, files, methods, layers, target, out: Path, size, preset, batch_size,
-             providers=None, mean=None, std=None, labels=None, layout="NCHW"):
+             providers=None, mean=None, std=None, labels=None, layout="NCHW", options=None):
     from .viz import save_overlay
 
     from .canonical import load_model
@@ -93,7 +93,7 @@ def _explain(model, files, methods, layers, target, out: Path, size, preset, bat
     labels = labels or meta.get("labels")
     cls_target = _target(target, labels)
     ex = Explainer(proto, methods=methods, layers=layers or None, providers=providers,
-                   layout=layout)
+                   layout=layout, **(options or {}))
     size = size or meta.get("size")
     h, w = size if size else [d if isinstance(d, int) else 224 for d in ex.input_shape[2:]]
     out.mkdir(parents=True, exist_ok=True)
@@ -122,6 +122,29 @@ def _explain(model, files, methods, layers, target, out: Path, size, preset, bat
     progress.close()
     (out / "maps.json").write_text(json.dumps({"model": str(model), "maps": index}, indent=1))
     print(f"wrote {len(index)} maps for {len(files)} image(s) to {out}")
+
+
+def _add_explainer_options(parser) -> None:
+    """--combine/--weights (multi-layer maps) and --meta/--meta-lr, as in Explainer(...)."""
+    parser.add_argument("--combine", choices=["sum", "product"], default=None,
+                        help="one map per layer method: the layers' min-max maps combined")
+    parser.add_argument("--weights", default="uniform",
+                        help="layer weights for --combine: uniform, linear or a list such as 1,2,4")
+    parser.add_argument("--meta", action="store_true",
+                        help="meta-saliency: the maps after one SGD step towards each target")
+    parser.add_argument("--meta-lr", type=float, default=2.5e-3, help="the step size (2.5e-3)")
+
+
+def _explainer_options(args) -> dict:
+    weights = args.weights
+    if weights not in ("uniform", "linear"):
+        try:
+            weights = [float(w) for w in weights.split(",")]
+        except ValueError:
+            raise UsageError(f"--weights must be uniform, linear or numbers separated by commas, "
+                             f"not '{args.weights}'") from None
+    return {"combine": args.combine, "weights": weights, "meta": args.meta,
+            "meta_lr": args.meta_lr}
 
 
 def _progress(total: int):
@@ -174,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--batch-size", type=int, default=16)
     exp.add_argument("--providers", nargs="+", default=None,
                      help="ONNX Runtime execution providers (default CPUExecutionProvider)")
+    _add_explainer_options(exp)
     bn = sub.add_parser("bench", help="explain/forward time ratios for the model on this machine")
     bn.add_argument("model")
     bn.add_argument("--method", action="append", default=None, help="method name (repeatable)")
@@ -185,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     xp.add_argument("-o", "--output", required=True, help="the explainer .onnx to write")
     xp.add_argument("--method", action="append", default=None, help="method name (repeatable)")
     xp.add_argument("--layer", action="append", default=None, help="layer for layer methods")
+    _add_explainer_options(xp)
     kind = xp.add_mutually_exclusive_group()
     kind.add_argument("--portable", action="store_true",
                       help="standard ONNX ops only, runs in any ONNX runtime (the default)")
@@ -208,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{row['forward_ms']:.1f} |")
         elif args.command == "export":
             ex = Explainer(args.model, methods=args.method or ["gradient"], layers=args.layer,
-                           fused=True if args.fused else None)
+                           fused=True if args.fused else None, **_explainer_options(args))
             ex.save(args.output, portable=not args.fused)
             print(f"wrote {args.output}: maps {', '.join(ex.map_names)}")
         else:
@@ -220,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
                     raise UsageError(f"cannot read labels file '{args.labels}': {exc}") from None
             _explain(args.model, _image_files(args.images), args.method or ["gradient"],
                      args.layer, args.target, Path(args.out), args.size, args.preset,
-                     args.batch_size, args.providers, args.mean, args.std, labels, args.layout)
+                     args.batch_size, args.providers, args.mean, args.std, labels, args.layout,
+                     _explainer_options(args))
     except UsageError as exc:
         print(f"onnx-saliency: error: {exc}", file=sys.stderr)
         return 2
