@@ -103,6 +103,9 @@ def test_meta_lr_zero_reproduces_the_base_method(tmp_path):
                                    atol=1e-5 * np.abs(base[key]).max())
     with pytest.raises(osal.MethodError, match="meta_lr"):
         osal.Explainer(path, methods=ms, meta=True, meta_lr=float("nan"))
+    for method in ("tsgb", "ebp", "cebp"):   # rules built from constant weights: refused up front
+        with pytest.raises(osal.MethodError, match=f"meta=True does not work with {method}"):
+            osal.Explainer(path, methods=["gradient", method], meta=True)
 
 
 def test_parameter_gradients_match_autograd():

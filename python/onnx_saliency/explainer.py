@@ -234,7 +234,12 @@ class Explainer:
         layers = [layers] if isinstance(layers, str) else (list(layers) if layers else None)
         if layers == [STAGES] and STAGES not in self.layer_names:
             layers = stage_layers(index, self.canonical.input_name)
-        self.requests = self._requests([methods_mod.resolve(m) for m in methods], layers)
+        resolved = [methods_mod.resolve(m) for m in methods]
+        refused = [m.name for m in resolved if self.meta and not m.runtime_weights]
+        if refused:
+            raise MethodError(f"meta=True does not work with {', '.join(refused)}: its rules need "
+                              "the model's constant weights, and meta-saliency steps them.")
+        self.requests = self._requests(resolved, layers)
         self.combination = combination(combine, weights, self.requests)
         self.model = self._build(self.fused)
         self._session = None

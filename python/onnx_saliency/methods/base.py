@@ -20,6 +20,7 @@ class Method:
     rule: ClassVar[str] = "gradient"
     layer_method: ClassVar[bool] = False
     default_at_input: ClassVar[bool] = True  # for layer methods: default tap is the input
+    runtime_weights: ClassVar[bool] = True   # its rules work on runtime weights (meta=True)
 
     def head(self, b: GraphBuilder, x: str, g: str) -> str:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -37,6 +37,7 @@ class EBP(Method):
 
     name = "ebp"
     rule = "ebp"
+    runtime_weights = False   # its rules are built from the weights' values
     layer_method = True
     default_at_input = False
     at: str | None = None

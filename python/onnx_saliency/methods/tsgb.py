@@ -23,6 +23,7 @@ class TSGB(Method):
 
     name = "tsgb"
     rule = "tsgb"
+    runtime_weights = False   # its rules are built from the weights' values
     layer_method = True
     default_at_input = True
     gamma: float = 1.0
