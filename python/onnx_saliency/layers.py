@@ -102,8 +102,7 @@ def architecture(index: GraphIndex, names: LayerNames) -> str | None:
     "vgg" (five MaxPools, all inside `features`), else None."""
     if {"layer1", "layer2", "layer3", "layer4"} <= set(names.paths):
         return "resnet"
-    pools = vgg_pools(index, names)
-    return "vgg" if pools else None
+    return "vgg" if vgg_pools(index, names) else None
 
 
 def vgg_pools(index: GraphIndex, names: LayerNames) -> list:
