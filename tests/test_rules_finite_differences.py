@@ -61,7 +61,7 @@ def test_fixture_files_are_regenerated_identically(tmp_path):
 
 
 def test_relu_mask_is_exact_for_tiny_and_huge_activations():
-    """The 4-D ReLU mask, Clip(2^127·y, 0, 1) as a depthwise Conv, is exactly 1[x > 0] at the
+    """The ReLU mask, HardSigmoid(y; α = 2^127, β = 0), is exactly 1[x > 0] at the
     smallest normal float, at 0 and −0, and where 2^127·y overflows (no finite differences can
     see that: the reference is the mask itself)."""
     from onnx import TensorProto, helper, numpy_helper

@@ -10,6 +10,7 @@ Softmax: y⊙(g − Σ g⊙y). LogSoftmax: g − exp(y)·Σ g.
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
 from ...graph import attrs_of
 from ..context import RuleContext, channel_scale
@@ -23,14 +24,19 @@ def _positive(ctx: RuleContext, x: str) -> str:
     return ctx.b.op("Greater", x, ctx.b.const(0.0))
 
 
-# 2^127: times any positive normal float32 (≥ 2^-126) it is ≥ 2, so Clip(·, 0, 1) gives exactly 1
+# 2^127: times any positive normal float32 (≥ 2^-126) it is ≥ 2, so a clip to [·, 1] gives exactly 1
 _MASK_GAIN = np.float32(2.0 ** 127)
 
 
-def unit_step(ctx: RuleContext, y: str, channels: int, lo: float) -> str:
-    """Clip(2^127·y, lo, 1) as a 1×1 depthwise Conv with a fused Clip: 1[y > 0] for lo = 0,
-    sign(y) for lo = −1, exact for every normal float (the ReLU mask and TSGB's sign(a) share
-    it; identical nodes are emitted once)."""
+def unit_step(ctx: RuleContext, y: str, channels: int | None, lo: float) -> str:
+    """1[y > 0] (lo = 0) or sign(y) (lo = −1) of a float32 tensor, exact for every normal float
+    (the sessions flush denormals; the ReLU mask and TSGB's sign(a) share it, identical nodes
+    are emitted once). lo = 0: HardSigmoid(y; α = 2^127, β = 0) = min(max(2^127·y, 0), 1), one
+    elementwise op that ONNX Runtime keeps in its blocked layout (ResNet-50, batch 8: 1.5 ms a
+    mask against 2.4 ms for the depthwise Conv below). lo = −1: Clip(2^127·y, −1, 1) as a 1×1
+    depthwise Conv with a fused Clip (`channels` known)."""
+    if lo == 0.0:
+        return ctx.b.op("HardSigmoid", y, alpha=float(_MASK_GAIN), beta=0.0)
     scaled = channel_scale(ctx, y, channels, _MASK_GAIN)
     return ctx.b.op("Clip", scaled, ctx.b.const(lo), ctx.b.const(1.0))
 
@@ -39,15 +45,12 @@ def _relu_mask(ctx: RuleContext, node) -> str:
     """1[x > 0] as floats, read off the output y (y > 0 ⟺ x > 0; reading y leaves the conv
     output one consumer, so ONNX Runtime fuses Conv+ReLU in the forward).
 
-    For [N, C, H, W] with known C: Clip(2^127·y, 0, 1) as a 1×1 depthwise Conv with a fused
-    Clip, exact for every normal float (y = 0 → 0, y ≥ 2^-126 → 1; the sessions flush
-    denormals). ONNX Runtime keeps that Conv, the mask and the Mul with g in its blocked layout
-    beside the backward convs; Cast(Greater(y, 0)) (the fallback) would pull each through a
-    reorder to NCHW and back."""
+    float32: unit_step (y = 0 → 0, y ≥ 2^-126 → 1), which ONNX Runtime keeps, with the Mul by
+    g, in its blocked layout beside the backward convs; other types: Cast(Greater(y, 0)), which
+    would pull each mask through a reorder to NCHW and back."""
     y = node.output[0]
-    c = ctx.float_channels(y)
-    if c is not None:
-        return unit_step(ctx, y, c, 0.0)
+    if ctx.index.types.get(y) == onnx.TensorProto.FLOAT:
+        return unit_step(ctx, y, ctx.float_channels(y), 0.0)
     positive = ctx.b.op("Greater", y, ctx.b.const(0.0))
     return ctx.b.op("Cast", positive, to=ctx.index.types.get(y, 1))
 

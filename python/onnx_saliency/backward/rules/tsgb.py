@@ -142,8 +142,8 @@ def abs_channel_sum(ctx: RuleContext, a: str) -> str:
 
 
 def _sign(ctx: RuleContext, a: str) -> str:
-    """sign(a) for float32 [N,C,H,W]: Clip(2^127·a, lo, 1) as a 1×1 depthwise Conv, lo = 0 for
-    a known ≥ 0 (the ReLU mask, shared), else -1; exact for every normal float."""
+    """sign(a) for float32 [N,C,H,W]: activations.unit_step with lo = 0 for a known ≥ 0 (the
+    ReLU mask, shared), else -1; exact for every normal float."""
     lo = 0.0 if _nonnegative(ctx, a) else -1.0
     return activations.unit_step(ctx, a, ctx.float_channels(a), lo)
 
