@@ -49,7 +49,8 @@ def main():
     parser.add_argument("--no-meta", action="store_true", help="leave out the meta-saliency rows")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    tmp = Path(tempfile.mkdtemp())
+    workdir = tempfile.TemporaryDirectory()    # the exported models (~0.6 GB), removed at exit
+    tmp = Path(workdir.name)
     print("| model | batch | method | ours / ORT forward | Captum / PyTorch forward | ORT forward (ms) |")
     print("|---|---|---|---|---|---|")
     for name in args.models:
