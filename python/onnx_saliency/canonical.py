@@ -170,26 +170,32 @@ def bypass_softmax(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     return model, out
 
 
+def _batch_dim(model: onnx.ModelProto, input_name: str) -> onnx.TensorShapeProto.Dimension:
+    """Dim 0 of the named graph input (the proto itself: read it or set it)."""
+    inp = next(i for i in model.graph.input if i.name == input_name)
+    return inp.type.tensor_type.shape.dim[0]
+
+
 def _fixed_batch(model: onnx.ModelProto, input_name: str) -> int | None:
     """The input's fixed batch size, or None when dim 0 is symbolic."""
-    inp = next(i for i in model.graph.input if i.name == input_name)
-    dim0 = inp.type.tensor_type.shape.dim[0]
+    dim0 = _batch_dim(model, input_name)
     return dim0.dim_value if dim0.HasField("dim_value") and dim0.dim_value > 0 else None
+
+
+def symbolic_batch(value: onnx.ValueInfoProto) -> None:
+    """Dim 0 of a graph input or output (one with a shape) set to the batch symbol."""
+    dims = value.type.tensor_type.shape.dim
+    if value.type.tensor_type.HasField("shape") and dims:
+        dims[0].Clear()
+        dims[0].dim_param = BATCH
 
 
 def make_batch_dynamic(model: onnx.ModelProto, input_name: str) -> tuple[onnx.ModelProto, int | None]:
     """Make dim 0 of the input and outputs symbolic; return the old fixed batch (or None)."""
     graph = model.graph
-    inp = next(i for i in graph.input if i.name == input_name)
-    dim0 = inp.type.tensor_type.shape.dim[0]
     old = _fixed_batch(model, input_name)
-    dim0.Clear()
-    dim0.dim_param = BATCH
-    for out in graph.output:
-        if out.type.tensor_type.HasField("shape") and out.type.tensor_type.shape.dim:
-            d = out.type.tensor_type.shape.dim[0]
-            d.Clear()
-            d.dim_param = BATCH
+    for value in [next(i for i in graph.input if i.name == input_name), *graph.output]:
+        symbolic_batch(value)
     del graph.value_info[:]
     if old is not None:
         inits = {t.name: t for t in graph.initializer}
@@ -206,8 +212,7 @@ def make_batch_dynamic(model: onnx.ModelProto, input_name: str) -> tuple[onnx.Mo
 def set_batch(model: onnx.ModelProto, input_name: str, size: int) -> onnx.ModelProto:
     """Dim 0 of the input fixed to `size` and the shapes inferred again, in place (static
     shapes for a graph that always runs on `size` images)."""
-    inp = next(i for i in model.graph.input if i.name == input_name)
-    dim0 = inp.type.tensor_type.shape.dim[0]
+    dim0 = _batch_dim(model, input_name)
     dim0.Clear()
     dim0.dim_value = size
     return infer_shapes(model)

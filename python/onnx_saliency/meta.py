@@ -23,7 +23,7 @@ from onnx import helper
 
 from .backward.rules import RULE_TABLES
 from .backward.walk import backward
-from .canonical import BATCH
+from .canonical import symbolic_batch
 from .errors import MethodError
 from .graph import GraphBuilder, GraphIndex
 
@@ -147,7 +147,5 @@ def per_image(model: onnx.ModelProto) -> onnx.ModelProto:
     wrapped.graph.input.extend(graph.input)
     wrapped.graph.output.extend(graph.output)
     for vi in [*wrapped.graph.input, *wrapped.graph.output]:
-        if vi.type.tensor_type.shape.dim:
-            vi.type.tensor_type.shape.dim[0].Clear()
-            vi.type.tensor_type.shape.dim[0].dim_param = BATCH
+        symbolic_batch(vi)
     return wrapped
