@@ -167,7 +167,7 @@ def _layers(model) -> None:
     print("\ndefault layers: " + ", ".join(
         f"{method} -> {layer}" for method, layer in default_layers(model).items()))
     try:
-        print('stages (--layer stages): ' + ", ".join(stage_layers(index, canon.input_name)))
+        print('stages (--layer stages): ' + ", ".join(stage_layers(names)))
     except LayerNotFoundError:
         pass
 

@@ -233,7 +233,7 @@ class Explainer:
             raise MethodError("Give at least one method.")
         layers = [layers] if isinstance(layers, str) else (list(layers) if layers else None)
         if layers == [STAGES] and STAGES not in self.layer_names:
-            layers = stage_layers(index, self.canonical.input_name)
+            layers = stage_layers(self.layer_names)
         resolved = [methods_mod.resolve(m) for m in methods]
         refused = [m.name for m in resolved if self.meta and not m.runtime_weights]
         if refused:

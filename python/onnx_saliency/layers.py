@@ -97,33 +97,32 @@ def default_layer(index: GraphIndex, input_name: str) -> str:
     return best
 
 
-def architecture(index: GraphIndex, names: LayerNames) -> str | None:
+def architecture(names: LayerNames) -> str | None:
     """The family where the papers fix layers by name: "resnet" (module paths layer1…layer4),
     "vgg" (five MaxPools, all inside `features`), else None."""
     if {"layer1", "layer2", "layer3", "layer4"} <= set(names.paths):
         return "resnet"
-    return "vgg" if vgg_pools(index, names) else None
+    return "vgg" if vgg_pools(names) else None
 
 
-def vgg_pools(index: GraphIndex, names: LayerNames) -> list:
+def vgg_pools(names: LayerNames) -> list:
     """The five MaxPool nodes of a VGG's `features`, or [] for another network."""
-    pools = [n for n in index.nodes if n.op_type == "MaxPool"]
+    pools = [n for n in names.index.nodes if n.op_type == "MaxPool"]
     if len(pools) == 5 and all(names.friendly(n.output[0]).split(".")[0] == "features"
                                for n in pools):
         return pools
     return []
 
 
-def stage_layers(index: GraphIndex, input_name: str) -> list[str]:
+def stage_layers(names: LayerNames) -> list[str]:
     """The last layer of each stage, the layer sets of multi-layer maps (METHODS.md §2):
     ResNets layer1–layer4; VGGs the input of each of their five MaxPools (VGG16 features.3, 8,
     15, 22, 29: relu1_2 … relu5_3). Other networks have no agreed set: LayerNotFoundError."""
-    names = LayerNames(index, input_name)
-    family = architecture(index, names)
+    family = architecture(names)
     if family == "resnet":
         return ["layer1", "layer2", "layer3", "layer4"]
     if family == "vgg":
-        return [names.friendly(n.input[0]) for n in vgg_pools(index, names)]
+        return [names.friendly(n.input[0]) for n in vgg_pools(names)]
     raise LayerNotFoundError(
         'layers="stages" knows the stages of ResNets (layer1-layer4) and VGGs (the input of '
         "each MaxPool); name this model's layers instead (onnx_saliency.list_layers lists them).")

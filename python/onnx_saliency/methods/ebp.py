@@ -23,11 +23,11 @@ def _default_tap(index, image):
     VGG11 features.15)."""
     from ..layers import LayerNames, architecture, vgg_pools
     names = LayerNames(index, image)
-    family = architecture(index, names)
+    family = architecture(names)
     if family == "resnet":
         return names.resolve("layer3")
     if family == "vgg":
-        return vgg_pools(index, names)[3].output[0]
+        return vgg_pools(names)[3].output[0]
     return None
 
 
