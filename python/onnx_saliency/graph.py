@@ -334,15 +334,15 @@ def copy_fused_sum_operands(graph: onnx.GraphProto, added: Sequence[onnx.NodePro
     for node in [*graph.node, *added]:
         for i in node.input:
             readers[i].append(node)
-    producer = {o: n for n in graph.node for o in n.output}
+    producer = index.producer          # `graph` is the indexed forward graph
     outputs = {o.name for o in graph.output}
 
     def fused_conv_output(t: str) -> bool:
         p = producer.get(t)
         return p is not None and p.op_type == "Conv" and len(readers[t]) == 1 and t not in outputs
 
-    early = ({i.name for i in graph.input} | {t.name for t in graph.initializer}
-             | {o for n in graph.node for o in n.output} | {""})
+    early = ({i.name for i in graph.input} | {t.name for t in graph.initializer} | set(producer)
+             | {""})
     late_reads = set()
     for node in added:
         if all(i in early for i in node.input):
