@@ -2,19 +2,28 @@
 
 Each pass is a function `ModelProto -> ModelProto` run in a fixed order by `canonicalize`:
 
-1. a trailing Softmax/LogSoftmax is bypassed so the seed sits on the logits (with a warning).
-2. opset: opsets 11–22 are accepted; below 16 the model is converted to opset 17 (the scatter-add
+1. every node gets a unique name (error messages and layer names need one).
+2. one output is kept, the explained one (`output=`, or the logits where the outputs are the
+   logits and their softmax); a trailing Softmax/LogSoftmax is bypassed so the seed sits on the
+   logits (with a warning).
+3. opset: opsets 11–22 are accepted; below 16 the model is converted to opset 17 (the scatter-add
    the MaxPool rule needs exists from opset 16 on).
-3. every node gets a unique name (error messages and layer names need one).
 4. Constant nodes become initializers.
 5. the batch dimension is made symbolic (`N`), including a fixed leading 1 in constant Reshape
    shapes; whether that held is checked by running the model once with batch 2.
 6. shape inference, then constant folding of nodes whose inputs are all constant.
+
+Around them, what ONNX Runtime loads is loaded (`repair`: nodes out of order, stray value_info,
+initializers listed as inputs; names checked as UTF-8, external data only from the model's
+folder), and what cannot be explained is refused with one sentence before anything large is
+allocated: a cycle or a dangling tensor, a model ONNX Runtime refuses (`check_runtime_loads`),
+one whose forward pass would not fit in memory (`check_memory`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +33,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper, shape_inference, version_converter
 
-from .errors import ModelLoadError
+from .errors import ModelLoadError, UnsupportedOpError
 from .graph import opset_version
 
 MIN_OPSET, MAX_OPSET, CONVERT_TO = 11, 22, 17
@@ -51,6 +60,7 @@ def load_model(source: ModelSource) -> onnx.ModelProto:
     if isinstance(source, onnx.ModelProto):
         model = onnx.ModelProto()
         model.CopyFrom(source)
+        _check_text(model, "the given ModelProto")
     elif isinstance(source, (bytes, bytearray)):
         model = _parse(bytes(source), "the given bytes")
     elif isinstance(source, (str, os.PathLike)):
@@ -58,17 +68,18 @@ def load_model(source: ModelSource) -> onnx.ModelProto:
         if not path.is_file():
             raise ModelLoadError(f"Model file '{path}' does not exist or is not a file.")
         model = _parse(path.read_bytes(), f"'{path}'")
-        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in _all_tensors(model)):
-            try:
-                onnx.load_external_data_for_model(model, str(path.parent))
-            except (OSError, ValueError) as exc:
-                raise ModelLoadError(
-                    f"Model '{path}' refers to external data that could not be read: {exc}") from exc
+        _load_external_data(model, path)
     else:
         raise ModelLoadError(
             f"A model must be a path, bytes or onnx.ModelProto, not {type(source).__name__}.")
+    external = _external_tensors(model)
+    if external:
+        raise ModelLoadError(
+            f"Tensor '{external[0].name}' keeps its data in an external file; give the model's "
+            "path (not bytes or a ModelProto) so that the file can be read from its folder.")
     if len(model.graph.node) == 0:
         raise ModelLoadError("The model has no nodes: it is empty or not an ONNX model.")
+    _check_tensor_sizes(model)
     return model
 
 
@@ -81,7 +92,107 @@ def _parse(data: bytes, where: str) -> onnx.ModelProto:
             f"Could not parse {where} as an ONNX model (truncated or not ONNX): {exc}.") from None
     if not model.HasField("graph"):
         raise ModelLoadError(f"{where} is not an ONNX model: it holds no graph.")
+    _check_text(model, where)
     return model
+
+
+def _check_text(model: onnx.ModelProto, where: str) -> None:
+    field = _not_utf8(model)
+    if field:
+        raise ModelLoadError(f"{where} is damaged: a {field} field is not valid UTF-8 text.")
+
+
+def _not_utf8(message) -> str | None:
+    """The first string field (as 'NodeProto.name') that is not UTF-8: protobuf hands such a
+    field over as bytes. Tensor payloads are not read."""
+    if isinstance(message, onnx.TensorProto):
+        strings = [("name", message.name), ("doc_string", message.doc_string)]
+        children = list(message.external_data)
+    else:
+        strings, children = [], []
+        for field, value in message.ListFields():
+            repeated = getattr(field, "is_repeated", None)   # protobuf >= 6; older: label
+            if repeated is None:
+                repeated = field.label == field.LABEL_REPEATED
+            values = value if repeated else [value]
+            if field.type == field.TYPE_STRING:
+                strings += [(field.name, v) for v in values]
+            elif field.type == field.TYPE_MESSAGE:
+                children += values
+    for name, value in strings:
+        if isinstance(value, bytes):
+            return f"{type(message).__name__}.{name}"
+    return next(filter(None, map(_not_utf8, children)), None)
+
+
+def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    return [t for t in _all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL]
+
+
+def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Read the external tensors of the model at `path`, each checked first (nothing outside
+    the model's folder is opened)."""
+    tensors = _external_tensors(model)
+    for tensor in tensors:
+        _check_external(tensor, path.parent)
+    if tensors:
+        try:
+            onnx.load_external_data_for_model(model, str(path.parent))
+        except (OSError, ValueError, onnx.checker.ValidationError) as exc:
+            raise ModelLoadError(f"The external data of '{path}' could not be read: "
+                                 f"{_first_line(exc)}") from None
+
+
+def _check_external(tensor: onnx.TensorProto, folder: Path) -> None:
+    """The rule: a regular file inside the model's folder (symbolic links resolved), holding
+    the bytes [offset, offset + length) the tensor names."""
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    location = info.get("location", "")
+    root = folder.resolve()
+    file = (root / location).resolve()
+    where = f"Tensor '{tensor.name}' keeps its data in '{location}'"
+    if not location or Path(location).is_absolute() or root not in (file, *file.parents):
+        raise ModelLoadError(f"{where}, outside the model's folder; external data must lie in "
+                             "the folder of the .onnx file.")
+    if not file.is_file():
+        raise ModelLoadError(f"{where}, which is missing or not a file.")
+    try:
+        offset, length = int(info.get("offset") or 0), int(info.get("length") or 0)
+    except ValueError:
+        raise ModelLoadError(f"{where} at a malformed offset or length.") from None
+    if offset < 0 or length < 0 or offset + length > file.stat().st_size:
+        raise ModelLoadError(f"{where} at bytes {offset}..{offset + length}, past the end of "
+                             f"that {file.stat().st_size}-byte file.")
+
+
+# one value per element in raw_data: the types whose size numpy gives
+_SIZED = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+          onnx.TensorProto.BFLOAT16, onnx.TensorProto.INT8, onnx.TensorProto.INT16,
+          onnx.TensorProto.INT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT8,
+          onnx.TensorProto.UINT16, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64,
+          onnx.TensorProto.BOOL)
+
+
+def _check_tensor_sizes(model: onnx.ModelProto) -> None:
+    """Each tensor holds as many values as its dims declare (a damaged file may not)."""
+    for tensor in _all_tensors(model):
+        declared = int(np.prod(tensor.dims, dtype=object)) if tensor.dims else 1
+        held = _values_held(tensor)
+        if held is not None and held != declared:
+            raise ModelLoadError(
+                f"Tensor '{tensor.name}' declares shape {list(tensor.dims)} ({declared} values) "
+                f"but holds {held}: the file is damaged.")
+
+
+def _values_held(tensor: onnx.TensorProto) -> int | None:
+    """How many values the tensor's data holds (None for types not counted here)."""
+    if tensor.data_type not in _SIZED:
+        return None
+    if tensor.HasField("raw_data"):
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        return len(tensor.raw_data) // itemsize
+    return sum(len(getattr(tensor, f)) for f in ("float_data", "double_data", "int32_data",
+                                                  "int64_data", "uint64_data"))
 
 
 def _all_tensors(model: onnx.ModelProto):
@@ -92,9 +203,167 @@ def _all_tensors(model: onnx.ModelProto):
                 yield attr.t
 
 
+# --- repairs: load what ONNX Runtime loads ---------------------------------------------------
+
+def repair(model: onnx.ModelProto) -> onnx.ModelProto:
+    """What ONNX Runtime tolerates, tolerated or repaired: nodes out of topological order are
+    sorted, value_info naming no tensor is dropped, initializers listed as graph inputs stop
+    being inputs; outputs without a shape or type are left to shape inference. One warning
+    names the breaches of the ONNX spec. Refused (one sentence naming the node or tensor): a
+    cycle, a tensor that nothing provides, a tensor produced twice."""
+    graph = model.graph
+    initializers = {t.name for t in graph.initializer}
+    provided = _provided(graph)
+    breaches = []
+    if _sort_nodes(graph, provided):
+        breaches.append("nodes out of topological order")
+    ghosts = [v.name for v in graph.value_info if v.name not in provided]
+    if ghosts:
+        breaches.append(f"value_info for {len(ghosts)} tensor(s) that do not exist "
+                        f"('{ghosts[0]}')")
+        keep = [v for v in graph.value_info if v.name in provided]
+        del graph.value_info[:]
+        graph.value_info.extend(keep)
+    listed = [i for i in range(len(graph.input)) if graph.input[i].name in initializers]
+    for i in reversed(listed):
+        del graph.input[i]
+    if listed:
+        model.ir_version = max(model.ir_version, 4)   # IR 4 on: initializers need not be inputs
+    if breaches:
+        warnings.warn(f"The model breaks the ONNX spec in ways ONNX Runtime tolerates "
+                      f"({'; '.join(breaches)}); onnx-saliency repaired them.", stacklevel=3)
+    return model
+
+
+def _provided(graph: onnx.GraphProto) -> dict[str, str]:
+    """Every tensor the graph holds -> what provides it; refuses a tensor provided twice."""
+    provided = {i.name: "a graph input" for i in graph.input}
+    provided.update({t.name: "an initializer" for t in graph.initializer})
+    for node in graph.node:
+        for out in filter(None, node.output):
+            if out in provided:
+                raise ModelLoadError(f"Tensor '{out}' is produced by {_label(node)} and also by "
+                                     f"{provided[out]}; every tensor needs one producer.")
+            provided[out] = _label(node)
+    for out in graph.output:
+        if out.name not in provided:
+            raise ModelLoadError(f"The graph output '{out.name}' is produced by no node, input "
+                                 "or initializer.")
+    return provided
+
+
+def _label(node: onnx.NodeProto, start: bool = False) -> str:
+    """How messages name a node (capitalised at the `start` of a sentence)."""
+    if node.name:
+        label = f"node '{node.name}' ({node.op_type})"
+    else:
+        label = f"the unnamed {node.op_type} node that writes '{(list(node.output) or [''])[0]}'"
+    return label[0].upper() + label[1:] if start else label
+
+
+def node_reads(node: onnx.NodeProto) -> set[str]:
+    """The tensors a node reads: its inputs and what its subgraphs take from outside."""
+    reads = set(filter(None, node.input))
+    for attr in node.attribute:
+        for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+            reads |= _outer_reads(sub)
+    return reads
+
+
+def _outer_reads(graph: onnx.GraphProto) -> set[str]:
+    inner = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    inner |= {o for n in graph.node for o in n.output}
+    return {r for n in graph.node for r in node_reads(n)} - inner
+
+
+def _sort_nodes(graph: onnx.GraphProto, provided: dict[str, str]) -> bool:
+    """Order the nodes topologically, keeping the file's order among ready nodes; True when
+    they were out of order. Refuses a read of a tensor nothing provides, and a cycle."""
+    import heapq
+
+    nodes = list(graph.node)
+    outer = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    waiting_on: dict[str, list[int]] = {}
+    missing = []
+    for i, node in enumerate(nodes):
+        wait = node_reads(node) - outer
+        unknown = sorted(wait - provided.keys())
+        if unknown:
+            raise ModelLoadError(f"{_label(node, start=True)} reads '{unknown[0]}', which no "
+                                 "node, graph input or initializer provides.")
+        for tensor in wait:
+            waiting_on.setdefault(tensor, []).append(i)
+        missing.append(len(wait))
+    ready = [i for i, count in enumerate(missing) if count == 0]
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for out in filter(None, nodes[i].output):
+            for j in waiting_on.pop(out, []):
+                missing[j] -= 1
+                if missing[j] == 0:
+                    heapq.heappush(ready, j)
+    if len(order) < len(nodes):
+        stuck = nodes[next(i for i, count in enumerate(missing) if count)]
+        raise ModelLoadError(f"The graph has a cycle: {_label(stuck)} depends on its own output.")
+    if order == list(range(len(nodes))):
+        return False
+    del graph.node[:]
+    graph.node.extend(nodes[i] for i in order)
+    return True
+
+
+def check_runtime_loads(model: onnx.ModelProto) -> None:
+    """ONNX Runtime is the judge of a well-formed model: it must build a session from the
+    skeleton (no optimisations, value_info dropped: they are hints). When it refuses, a node
+    whose op no ONNX Runtime kernel implements is named."""
+    import onnxruntime as ort
+
+    probe = skeleton(model)
+    del probe.graph.value_info[:]
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT's pybind exceptions share no public base class
+        _refuse_unknown_ops(model)
+        raise ModelLoadError(f"ONNX Runtime cannot load the model: {_first_line(exc)}") from None
+
+
+# domains ONNX Runtime (CPU) implements ops of; only consulted once it has refused a model
+_ORT_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc",
+                "com.microsoft.experimental", "ai.onnx.preview.training", "ai.onnx.training",
+                "org.pytorch.aten", "com.ms.internal.nhwc"}
+
+
+def _refuse_unknown_ops(model: onnx.ModelProto) -> None:
+    for node in model.graph.node:
+        domain = node.domain or "ai.onnx"
+        if node.domain not in _ORT_DOMAINS:
+            raise UnsupportedOpError(
+                f"Node '{node.name}' (op {node.op_type}, domain {domain}, opset "
+                f"{opset_version(model, node.domain) or 'not imported'}) is from a domain ONNX "
+                "Runtime has no kernels for; re-export the model with standard ONNX ops in "
+                "its place.")
+        if domain == "ai.onnx" and not onnx.defs.has(node.op_type):
+            raise ModelLoadError(f"Node '{node.name}' has op type '{node.op_type}', which ONNX "
+                                 "does not define: the file is damaged or not for this runtime.")
+
+
+def _first_line(exc: Exception) -> str:
+    """Another library's message as one line ending in a full stop, ONNX Runtime's without its
+    '[ONNXRuntimeError] : 10 : INVALID_GRAPH :' prefix."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text).strip()
+    return text if text.endswith(".") else text + "."
+
+
 # --- passes -------------------------------------------------------------------------------
 
-def convert_opset(model: onnx.ModelProto) -> onnx.ModelProto:
+def check_opset(model: onnx.ModelProto) -> int:
+    """The default-domain opset, refused outside MIN_OPSET..MAX_OPSET."""
     version = opset_version(model)
     if version == 0:
         raise ModelLoadError("The model imports no default-domain (ai.onnx) opset.")
@@ -106,12 +375,17 @@ def convert_opset(model: onnx.ModelProto) -> onnx.ModelProto:
         raise ModelLoadError(
             f"The model uses opset {version}; onnx-saliency supports opsets {MIN_OPSET} to "
             f"{MAX_OPSET}. Convert it with onnx.version_converter first.")
+    return version
+
+
+def convert_opset(model: onnx.ModelProto) -> onnx.ModelProto:
+    version = check_opset(model)
     if version < 16:
         try:
             model = version_converter.convert_version(model, CONVERT_TO)
         except Exception as exc:  # the converter raises bare RuntimeErrors
-            raise ModelLoadError(
-                f"Could not convert the model from opset {version} to {CONVERT_TO}: {exc}") from exc
+            raise ModelLoadError(f"Could not convert the model from opset {version} to "
+                                 f"{CONVERT_TO}: {_first_line(exc)}") from None
     return model
 
 
@@ -150,24 +424,83 @@ def _constant_value(node: onnx.NodeProto) -> np.ndarray:
     raise ModelLoadError(f"Constant node '{node.name}' uses attribute '{kind}', which is not supported.")
 
 
-def bypass_softmax(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
-    """Point the first graph output at the tensor before a trailing (Log)Softmax."""
-    graph = model.graph
-    producer = {o: n for n in graph.node for o in n.output}
-    out = graph.output[0].name
-    name = out
-    while name in producer and producer[name].op_type in ("Identity", "Softmax", "LogSoftmax"):
+_SCORE_PASSES = ("Identity", "Softmax", "LogSoftmax")
+
+
+def _pre_softmax(producer: dict, name: str) -> tuple[str, onnx.NodeProto | None]:
+    """The tensor before a trailing chain of Identity/(Log)Softmax nodes, and the last
+    (Log)Softmax on the way (None when there is none)."""
+    softmax = None
+    while name in producer and producer[name].op_type in _SCORE_PASSES:
         node = producer[name]
+        if node.op_type != "Identity" and softmax is None:
+            softmax = node
         name = node.input[0]
-        if node.op_type != "Identity":
-            warnings.warn(
-                f"The model ends in {node.op_type} (node '{node.name}'); the saliency seed is put "
-                f"on its input '{name}' (the logits) instead.", stacklevel=3)
-            del graph.output[0].type.tensor_type.shape.dim[:]
-            graph.output[0].name = name
-            graph.output[0].type.tensor_type.ClearField("shape")
-            return model, out
-    return model, out
+    return name, softmax
+
+
+def choose_output(model: onnx.ModelProto, wanted: str | None = None
+                  ) -> tuple[onnx.ModelProto, str]:
+    """Keep one graph output, the one explained, with the seed on its pre-softmax logits.
+
+    The output is `wanted` when given, else the only one, else the logits where every output
+    is those logits or their (Log)Softmax (a Keras/TF export's (probabilities, logits)); any
+    other set of outputs is refused with one sentence listing them. A trailing (Log)Softmax on
+    the chosen output is bypassed (with a warning naming the node). Returns the model and the
+    chosen output's original name."""
+    graph = model.graph
+    outputs = [o.name for o in graph.output]
+    if not outputs:
+        raise ModelLoadError("The model has no graph outputs: there is nothing to explain.")
+    producer = {o: n for n in graph.node for o in n.output}
+    if wanted is not None:
+        if wanted not in outputs:
+            raise ModelLoadError(f"output={wanted!r} is not an output of the model; its outputs "
+                                 f"are {_listing(graph)}.")
+        chosen = wanted
+    elif len(outputs) == 1:
+        chosen = outputs[0]
+    else:
+        sources = {_pre_softmax(producer, o)[0] for o in outputs}
+        if len(sources) != 1:
+            raise ModelLoadError(
+                f"The model has {len(outputs)} outputs ({_listing(graph)}); choose the one to "
+                "explain with output=NAME (command line: --model-output NAME).")
+        logits = sources.pop()
+        chosen = logits if logits in outputs else outputs[0]
+    value = next(o for o in graph.output if o.name == chosen)
+    elem = value.type.tensor_type.elem_type
+    if value.type.HasField("tensor_type") and elem not in (0, *_FLOAT_TYPES):
+        raise ModelLoadError(
+            f"Output '{chosen}' holds {onnx.TensorProto.DataType.Name(elem).lower()} values; "
+            "saliency needs a float score output (choose another with output=NAME).")
+    kept = onnx.ValueInfoProto()
+    kept.CopyFrom(value)
+    del graph.output[:]
+    graph.output.append(kept)
+    value = graph.output[0]   # the message in the graph (append copies)
+    logits, softmax = _pre_softmax(producer, chosen)
+    if softmax is not None:
+        warnings.warn(
+            f"The output '{chosen}' is the {softmax.op_type} of '{logits}' (node "
+            f"'{softmax.name}'); the saliency seed is put on '{logits}' (the logits) instead.",
+            stacklevel=3)
+        value.name = logits
+        value.type.tensor_type.ClearField("shape")
+    return model, chosen
+
+
+_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                onnx.TensorProto.BFLOAT16)
+
+
+def _listing(graph: onnx.GraphProto) -> str:
+    """'name [d0,d1]' for each graph output."""
+    def dims(value):
+        shape = value.type.tensor_type.shape
+        return ",".join(d.dim_param or str(d.dim_value) if (d.dim_param or d.dim_value) else "?"
+                        for d in shape.dim)
+    return ", ".join(f"'{o.name}' [{dims(o)}]" for o in graph.output)
 
 
 def _batch_dim(model: onnx.ModelProto, input_name: str) -> onnx.TensorShapeProto.Dimension:
@@ -240,11 +573,21 @@ def skeleton(model: onnx.ModelProto, max_elements: int = 4096) -> onnx.ModelProt
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Shape inference on the skeleton; the inferred value_info is copied onto the model."""
+    """Shape inference on the skeleton; the inferred value_info is copied onto the model. The
+    outputs' declared shapes are hints that may contradict the graph: inference runs without
+    them, and one is kept only where inference finds no shape."""
+    probe = skeleton(model)
+    for out in probe.graph.output:
+        if out.type.HasField("tensor_type"):
+            out.type.tensor_type.ClearField("shape")
     try:
-        inferred = shape_inference.infer_shapes(skeleton(model), strict_mode=False, data_prop=True)
+        inferred = shape_inference.infer_shapes(probe, strict_mode=False, data_prop=True)
     except Exception as exc:
-        raise ModelLoadError(f"ONNX shape inference failed on the model: {exc}") from exc
+        raise ModelLoadError(f"ONNX shape inference failed on the model: {_first_line(exc)}"
+                             ) from None
+    for declared, found in zip(model.graph.output, inferred.graph.output):
+        if not found.type.tensor_type.HasField("shape") and declared.type.HasField("tensor_type"):
+            found.type.tensor_type.shape.CopyFrom(declared.type.tensor_type.shape)
     del model.graph.value_info[:]
     model.graph.value_info.extend(inferred.graph.value_info)
     del model.graph.output[:]
@@ -296,7 +639,7 @@ def remove_dead_code(model: onnx.ModelProto) -> onnx.ModelProto:
     for node in reversed(graph.node):
         if any(o in live for o in node.output):
             keep.append(node)
-            live.update(i for i in node.input if i)
+            live.update(node_reads(node))
     del graph.node[:]
     graph.node.extend(reversed(keep))
     # deleted in place, from the back: re-adding the kept ones would copy every weight
@@ -314,15 +657,88 @@ def _image_input(model: onnx.ModelProto) -> str:
     inits = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     if len(inputs) != 1:
+        names = f" ({', '.join(i.name for i in inputs)})" if inputs else ""
         raise ModelLoadError(
-            f"The model has {len(inputs)} runtime inputs ({', '.join(i.name for i in inputs)}); "
-            "onnx-saliency explains models with exactly one image input.")
-    inp = inputs[0]
-    tt = inp.type.tensor_type
-    if tt.elem_type != onnx.TensorProto.FLOAT or len(tt.shape.dim) != 4:
-        raise ModelLoadError(
-            f"The model input '{inp.name}' must be a float32 [N,C,H,W] image tensor.")
-    return inp.name
+            f"The model has {len(inputs)} runtime inputs{names}; onnx-saliency explains models "
+            "with exactly one image input.")
+    problem = _not_an_image(inputs[0].type)
+    if problem:
+        raise ModelLoadError(f"The model input '{inputs[0].name}' {problem}; onnx-saliency "
+                             "explains float32 [N,C,H,W] image inputs.")
+    return inputs[0].name
+
+
+def _not_an_image(kind: onnx.TypeProto) -> str | None:
+    """Why a graph input of this type is no float32 [N,C,H,W] image (None when it is one)."""
+    if kind.WhichOneof("value") != "tensor_type":
+        return f"is a {kind.WhichOneof('value') or 'value without a type'}, not a tensor"
+    tensor = kind.tensor_type
+    if tensor.elem_type != onnx.TensorProto.FLOAT:
+        return f"holds {onnx.TensorProto.DataType.Name(tensor.elem_type).lower()} values"
+    if not tensor.HasField("shape"):
+        return "has no declared shape"
+    dims = _dims(tensor.shape)
+    if len(dims) != 4:
+        return f"has rank {len(dims)} (shape {dims})"
+    if any(isinstance(d, int) and d <= 0 for d in dims[1:]):
+        return f"declares an empty dimension (shape {dims})"
+    return None
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still get: Linux's MemAvailable, capped by a cgroup v2
+    limit; else the free (or total) physical pages; None where nothing says."""
+    sizes = []
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+        sizes.append(int(re.search(r"MemAvailable:\s+(\d+) kB", meminfo).group(1)) * 1024)
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            sizes.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, AttributeError, ValueError):
+        pass
+    for pages in ("SC_AVPHYS_PAGES", "SC_PHYS_PAGES"):
+        if not sizes and pages in os.sysconf_names:
+            sizes.append(os.sysconf(pages) * os.sysconf("SC_PAGE_SIZE"))
+    return min(sizes) if sizes else None
+
+
+def check_memory(model: onnx.ModelProto, input_name: str) -> None:
+    """Refuse, before anything is allocated, a model whose forward pass at its declared size
+    holds more bytes than the machine has free. The count: every non-constant tensor that
+    shape inference sized, a dim it left unknown (the batch symbol too) taken as 1: a lower
+    bound, so only what cannot fit is refused."""
+    free = available_memory()
+    constants = {t.name for t in model.graph.initializer}
+    graph = model.graph
+    values = [*graph.input, *graph.value_info, *graph.output]
+    sizes = {v.name: _tensor_bytes(v.type) for v in values if v.name not in constants}
+    total = sum(sizes.values())
+    if free is None or total <= free:
+        return
+    largest = max(sizes, key=sizes.get)
+    dims = _dims(next(i for i in graph.input if i.name == input_name).type.tensor_type.shape)
+    raise ModelLoadError(
+        f"At its declared input size {dims} the model's forward pass holds {total / 2**30:.3g} GiB "
+        f"('{largest}' alone {sizes[largest] / 2**30:.3g} GiB), more than the "
+        f"{free / 2**30:.3g} GiB of memory free; export it for smaller (or dynamic) images.")
+
+
+def _dims(shape: onnx.TensorShapeProto) -> list:
+    """A shape as a list for messages: ints, symbols, '?' where unknown."""
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in shape.dim]
+
+
+def _tensor_bytes(kind: onnx.TypeProto) -> int:
+    """Bytes of a tensor of this type, its unknown dims taken as 1 (0 for non-tensors)."""
+    if kind.WhichOneof("value") != "tensor_type":
+        return 0
+    tensor = kind.tensor_type
+    elem = tensor.elem_type if tensor.elem_type in _SIZED else onnx.TensorProto.FLOAT
+    count = 1
+    for d in tensor.shape.dim:
+        count *= d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1
+    return count * onnx.helper.tensor_dtype_to_np_dtype(elem).itemsize
 
 
 def _batch_works(model: onnx.ModelProto, input_name: str) -> bool:
@@ -365,20 +781,20 @@ def channels_first_input(model: onnx.ModelProto, input_name: str) -> onnx.ModelP
     return model
 
 
-def canonicalize(source: ModelSource, layout: str = "NCHW") -> CanonicalModel:
-    """load → softmax bypass → opset → names → constants → (NHWC input: transpose) → dynamic
-    batch → shapes → folding."""
+def canonicalize(source: ModelSource, layout: str = "NCHW", output: str | None = None
+                 ) -> CanonicalModel:
+    """load → names → output choice and softmax bypass → opset → constants → (NHWC input:
+    transpose) → dynamic batch → shapes → folding. `output`: the graph output to explain
+    (default: see `choose_output`)."""
     if layout not in ("NCHW", "NHWC"):
         raise ModelLoadError(f"layout must be 'NCHW' or 'NHWC', not {layout!r}.")
-    model = load_model(source)
-    try:
-        onnx.checker.check_model(skeleton(model))
-    except onnx.checker.ValidationError as exc:
-        raise ModelLoadError(f"The model is not valid ONNX: {str(exc).splitlines()[0]}") from None
-    model, original_output = bypass_softmax(model)  # before the converter rewrites Softmax-11
-    model = remove_dead_code(model)
-    model = convert_opset(model)
+    model = repair(load_model(source))
     model = name_nodes(model)
+    model, original_output = choose_output(model, output)  # before the converter rewrites Softmax-11
+    model = remove_dead_code(model)
+    check_opset(model)
+    check_runtime_loads(model)
+    model = convert_opset(model)
     model = constants_to_initializers(model)
     input_name = _image_input(model)
     if layout == "NHWC":
@@ -389,13 +805,15 @@ def canonicalize(source: ModelSource, layout: str = "NCHW") -> CanonicalModel:
         backup = onnx.ModelProto()
         backup.CopyFrom(model)
     model, old_batch = make_batch_dynamic(model, input_name)
+    model = infer_shapes(model)
+    check_memory(model, input_name)
     fixed_batch = None
     if old_batch is not None and not _batch_works(model, input_name):
-        model, fixed_batch = backup, old_batch
+        model, fixed_batch = infer_shapes(backup), old_batch
+        check_memory(model, input_name)
         warnings.warn(
             f"The model is fixed to batch {old_batch} and could not be made dynamic; images are "
             "explained one batch of that size at a time.", stacklevel=2)
-    model = infer_shapes(model)
     model = fold_constants(model)
     model = infer_shapes(model)
     return CanonicalModel(model, input_name, output_name, fixed_batch, original_output)

@@ -12,8 +12,10 @@ from typing import Iterable, Mapping
 
 import onnx
 
+from .. import fused
+from ..canonical import node_reads
 from ..errors import UnsupportedOpError
-from ..graph import GraphBuilder, GraphIndex
+from ..graph import GraphBuilder, GraphIndex, opset_version
 from .context import Rule, RuleContext
 
 
@@ -35,12 +37,24 @@ def _upstream(index: GraphIndex, sinks: Iterable[str]) -> set[str]:
     return reach
 
 
+def path_nodes(index: GraphIndex, sources: Iterable[str], sinks: Iterable[str]
+               ) -> list[onnx.NodeProto]:
+    """The forward nodes through which a signal from `sinks` back to `sources` passes."""
+    between = _downstream(index, sources) & _upstream(index, sinks)
+    return [n for n in index.nodes if any(o in between for o in n.output if o)
+            and any(i in between for i in n.input if i)]
+
+
 def backward(builder: GraphBuilder, index: GraphIndex, rules: Mapping[str, Rule],
              seeds: Mapping[str, str], wrt: Iterable[str], options: dict | None = None
              ) -> dict[str, str | None]:
     """Emit the backward pass; return the signal at each `wrt` tensor (None if none reaches it)."""
     wrt = list(dict.fromkeys(wrt))
-    needs = _downstream(index, wrt) & _upstream(index, seeds)
+    after, before = _downstream(index, wrt), _upstream(index, seeds)
+    opaque = _opaque_on_path(index, after, before)
+    if opaque is not None:
+        raise _no_rule(opaque, index)
+    needs = after & before
     ctx = RuleContext(builder, index, needs, {**(options or {}), "_wrt": set(wrt)})
     parts: dict[str, list[str]] = defaultdict(list)
     for tensor, grad in seeds.items():
@@ -62,9 +76,24 @@ def backward(builder: GraphBuilder, index: GraphIndex, rules: Mapping[str, Rule]
     return {t: builder.sum(parts[t]) if parts.get(t) else None for t in wrt}
 
 
+def _opaque_on_path(index: GraphIndex, after: set[str], before: set[str]
+                    ) -> onnx.NodeProto | None:
+    """A node the walk cannot see through although the signal passes it: one of a foreign
+    domain (its outputs carry no type) or with subgraphs (what they read is no input) that
+    reads a tensor in `after` and writes one in `before`. The package's own fused ops stay
+    constants to the walk."""
+    for node in index.nodes:
+        foreign = node.domain not in ("", "ai.onnx", fused.DOMAIN)
+        nested = any(a.HasField("g") or a.graphs for a in node.attribute)
+        if (foreign or nested) and node_reads(node) & after and before.intersection(node.output):
+            return node
+    return None
+
+
 def _no_rule(node: onnx.NodeProto, index: GraphIndex) -> UnsupportedOpError:
     domain = node.domain or "ai.onnx"
+    opset = opset_version(index.model, node.domain) or "not imported"
     return UnsupportedOpError(
-        f"Node '{node.name}' (op {node.op_type}, domain {domain}, opset {index.opset}) lies on the "
+        f"Node '{node.name}' (op {node.op_type}, domain {domain}, opset {opset}) lies on the "
         "backward path and has no backward rule; tap a layer after it, re-export the model "
         "without this op, or open an issue asking for a rule.")

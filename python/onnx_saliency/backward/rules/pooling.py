@@ -81,34 +81,25 @@ def _one():
 
 
 def _spread(ctx: RuleContext, g: str, x: str, over: list[int], mean: bool) -> str:
-    """Broadcast g (x's shape with the `over` axes at 1) back to x's shape, divided by the count
-    of the `over` axes for a mean."""
+    """Broadcast g (x's shape with the `over` axes at 1) back to x's shape, for a mean divided
+    first (on the small g) by the count of the `over` axes."""
     b = ctx.b
+    if mean:
+        shape = ctx.index.shapes.get(x)
+        dims = [shape[i] for i in over] if shape is not None else [None]
+        if all(isinstance(d, int) for d in dims):
+            g = b.op("Mul", g, b.const(1.0 / float(np.prod(dims))))
+        else:
+            count = b.reduce("ReduceProd", b.op("Gather", b.shape(x), b.ints(over)), [0])
+            g = b.op("Div", g, b.op("Cast", count, to=1))
     # with the batch axis kept, g's first dim is x's: the static-shape constant applies
     shape = b.shape(x) if 0 in over else b.shape_of(x, x, fill=1)
-    out = b.op("Expand", g, shape)
-    if not mean:
-        return out
-    shape = ctx.index.shapes.get(x)
-    dims = [shape[i] for i in over] if shape is not None else [None]
-    if all(isinstance(d, int) for d in dims):
-        return b.op("Mul", out, b.const(1.0 / float(np.prod(dims))))
-    count = b.op("Cast", b.reduce("ReduceProd", b.op("Gather", b.shape(x), b.ints(over)), [0]),
-                 to=1)
-    return b.op("Div", out, count)
+    return b.op("Expand", g, shape)
 
 
 def global_average_pool(ctx, node, grads):
+    """g / (H·W) broadcast over H×W: its constants have the same size at any input size."""
     x = node.input[0]
-    c, hw = ctx.float_channels(x), ctx.spatial(x)
-    if c is not None and hw is not None:
-        # the same spread as one depthwise Conv of a constant H×W kernel 1/HW over g padded by
-        # (H−1, W−1): ONNX Runtime keeps a Conv's output in its blocked layout, so the whole
-        # backward downstream can stay there (an Expand would pin it to plain NCHW)
-        h, w = hw
-        kernel = ctx.b.const(np.full((c, 1, h, w), 1.0 / (h * w), np.float32))
-        return [ctx.b.op("Conv", grads[0], kernel, group=c, kernel_shape=[h, w],
-                         pads=[h - 1, w - 1, h - 1, w - 1])]
     rank = ctx.index.rank(x) or 4
     return [_spread(ctx, grads[0], x, list(range(2, rank)), mean=True)]
 
