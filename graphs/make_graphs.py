@@ -211,6 +211,15 @@ def _sum_fanout(b):
     b.t = b.op("Sum", b.op("Relu", x), x, b.op("Sigmoid", x))
 
 
+def _mini_cnn(b):
+    """A small classifier body with every kind of layer the methods tap: two ReLU stages, a
+    MaxPool and a strided conv (distinct maps for every method)."""
+    b.conv(4, 3, 3, pads=[1, 1, 1, 1]); b.then("Relu")
+    b.then("MaxPool", kernel_shape=[2, 2], strides=[2, 2])
+    b.conv(6, 4, 3, pads=[1, 1, 1, 1]); b.then("Relu")
+    b.conv(8, 6, 3, pads=[1, 1, 1, 1], strides=[2, 2]); b.then("Relu")
+
+
 FIXTURES = {name[1:]: fn for name, fn in dict(globals()).items()
             if name.startswith("_") and callable(fn) and name not in ("_Body",)}
 SIZES = {"maxpool_ceil": 9, "avgpool_ceil": 8, "conv_strided_dilated": 9}
@@ -241,10 +250,50 @@ def build(name: str, dtype=np.float32) -> onnx.ModelProto:
     return model
 
 
+def with_outputs(kind: str) -> onnx.ModelProto:
+    """mini_cnn with several outputs, as exporters write them:
+
+    - "probs_logits": outputs (predictions_softmax, logits), the Softmax of the logits first,
+      as a Keras model converted to ONNX has them, with a channels-last input [N,8,8,3];
+    - "two_heads": outputs (logits, aux), two unrelated classifier heads on one trunk."""
+    model = build("mini_cnn")
+    graph = model.graph
+    if kind == "probs_logits":
+        x = graph.input[0]
+        x.name = "input_1"
+        dims = x.type.tensor_type.shape.dim
+        dims[1].dim_value, dims[2].dim_value, dims[3].dim_value = 8, 8, 3
+        graph.node.insert(0, helper.make_node("Transpose", ["input_1"], ["x"], name="", perm=[0, 3, 1, 2]))
+        graph.node.append(helper.make_node("Softmax", ["logits"], ["predictions_softmax"],
+                                           name="", axis=-1))
+        graph.output.insert(0, helper.make_tensor_value_info("predictions_softmax",
+                                                             TensorProto.FLOAT, [2, CLASSES]))
+    elif kind == "two_heads":
+        flat = next(n for n in graph.node if n.op_type == "Flatten").output[0]
+        features = numpy_helper.to_array(
+            next(t for t in graph.initializer if t.name == graph.node[-1].input[1])).shape[1]
+        rng = np.random.default_rng(7)
+        graph.initializer.extend([
+            numpy_helper.from_array(rng.standard_normal((3, features)).astype(np.float32), "aux_w"),
+            numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "aux_b")])
+        graph.node.append(helper.make_node("Gemm", [flat, "aux_w", "aux_b"], ["aux"], name="aux_head",
+                                           transB=1))
+        graph.output.append(helper.make_tensor_value_info("aux", TensorProto.FLOAT, [2, 3]))
+    else:
+        raise ValueError(kind)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+MULTI_OUTPUT = ("probs_logits", "two_heads")
+
+
 def main(out_dir: Path = HERE) -> None:
     for name in FIXTURES:
         onnx.save(build(name), str(out_dir / f"{name}.onnx"))
-    print(f"wrote {len(FIXTURES)} fixtures to {out_dir}")
+    for kind in MULTI_OUTPUT:
+        onnx.save(with_outputs(kind), str(out_dir / f"{kind}.onnx"))
+    print(f"wrote {len(FIXTURES) + len(MULTI_OUTPUT)} fixtures to {out_dir}")
 
 
 if __name__ == "__main__":

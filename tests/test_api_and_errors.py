@@ -47,7 +47,7 @@ def test_saved_graph_runs_in_a_bare_session(small_model, tmp_path):
     onnx.checker.check_model(model)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == ["x", "target"]
-    assert [o.name for o in sess.get_outputs()] == ["logits"] + ex.map_names
+    assert [o.name for o in sess.get_outputs()] == ["logits"] + ex.map_names + ["finite"]
     x = _images(2)
     outs = sess.run(None, {"x": x, "target": np.array([1, 2])})
     maps = ex.explain(x, target=[1, 2])

@@ -51,7 +51,7 @@ def test_cli_export_writes_a_runnable_graph(tmp_path, capsys):
     model = onnx.load(out)
     assert not any(n.domain for n in model.graph.node)       # portable: standard ops only
     names = [o.name for o in model.graph.output][1:]
-    assert names[0] == "tsgb" and names[1].startswith("normgrad@") and len(names) == 2
+    assert names[0] == "tsgb" and names[1].startswith("normgrad@") and names[2:] == ["finite"]
     assert main(["export", str(path), "-o", str(out)]) == 0               # portable by default
     assert not any(n.domain for n in onnx.load(out).graph.node)
     assert main(["export", str(path), "-o", str(out), "--method", "tsgb", "--fused"]) == 0
@@ -68,7 +68,7 @@ def test_cli_export_writes_a_runnable_graph(tmp_path, capsys):
                      *flags]) == 0
         ours = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feed)
         ref = osal.Explainer(path, methods=["normgrad_selective"], **kwargs).explain(x, [1, 2])
-        assert [o.name for o in onnx.load(out).graph.output][1:] == list(ref)
+        assert [o.name for o in onnx.load(out).graph.output][1:] == [*ref, "finite"]
         np.testing.assert_allclose(ours[1], next(iter(ref.values())), rtol=1e-5, atol=1e-7)
     assert main(["export", str(path), "-o", str(out), "--combine", "sum", "--weights", "1,x"]) == 2
 

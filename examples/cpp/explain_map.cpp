@@ -4,7 +4,8 @@
 //
 // IMAGE.npy: float32 [N,C,H,W], already preprocessed as the model expects. TARGET: class index
 // (-1: each image's top-1). Writes the map named MAP_NAME (default: the first map output) as a
-// float32 .npy [N,H,W]. The custom-op library (fused NormGrad / RectifiedConvTranspose) is
+// float32 .npy [N,H,W]; fails (exit 1) when the graph's `finite` flag is false for an image or
+// the target is out of range. The custom-op library (fused NormGrad / RectifiedConvTranspose) is
 // registered from the path the onnx_saliency CMake package recorded.
 #include <onnxruntime_cxx_api.h>
 
@@ -104,8 +105,15 @@ int main(int argc, char** argv) {
         Ort::Value::CreateTensor<float>(mem, image.data(), image.size(), shape.data(), 4),
         Ort::Value::CreateTensor<int64_t>(mem, target.data(), target.size(), tshape, 1)};
     const char* in_names[2] = {image_name.c_str(), target_name.c_str()};
-    const char* out_names[1] = {map_name.c_str()};
-    auto outputs = session.Run(Ort::RunOptions{nullptr}, in_names, inputs, 2, out_names, 1);
+    // "finite" (bool [N]): false where the image's maps or logits hold NaN/Inf (float32
+    // overflow inside the model). An out-of-range TARGET makes Run itself fail.
+    const char* out_names[2] = {map_name.c_str(), "finite"};
+    auto outputs = session.Run(Ort::RunOptions{nullptr}, in_names, inputs, 2, out_names, 2);
+    const bool* finite = outputs[1].GetTensorData<bool>();
+    for (int64_t i = 0; i < shape[0]; ++i) {
+      if (!finite[i]) throw std::runtime_error("the maps of image " + std::to_string(i) +
+                                               " contain NaN or Inf (float32 overflow in the model)");
+    }
     auto out_shape = outputs[0].GetTensorTypeAndShapeInfo().GetShape();
     write_npy(argv[4], outputs[0].GetTensorData<float>(), out_shape);
     std::cout << "wrote " << map_name << " to " << argv[4] << "\n";

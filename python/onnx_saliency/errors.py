@@ -26,3 +26,7 @@ class InputError(SaliencyError, ValueError):
 
 class MethodError(SaliencyError, ValueError):
     """An unknown method name or an option a method does not accept."""
+
+
+class NumericError(SaliencyError, ArithmeticError):
+    """The explainer graph produced NaN or Inf (float32 overflow inside the model)."""

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -19,19 +20,21 @@ from . import methods as methods_mod
 from .backward.context import RuleContext
 from .backward.rules import RULE_TABLES
 from .backward.rules.tsgb import selected_fc_nodes
-from .backward.walk import backward
+from .backward.rules.activations import RELU_LIKE_OPS, relu_like
+from .backward.walk import backward, path_nodes
 from .canonical import (BATCH, CanonicalModel, ModelSource, canonicalize, remove_dead_code,
                         set_batch)
 from . import fused as fused_ops
 from . import meta
 from .combine import combination
-from .errors import LayerNotFoundError, MethodError, SaliencyError
+from .errors import LayerNotFoundError, MethodError, NumericError, SaliencyError
 from .graph import GraphBuilder, GraphIndex, copy_fused_sum_operands, interleave_early
 from .layers import LayerNames, default_layer, stage_layers
 from .methods.base import Method
-from .runtime import TargetLike, check_images, check_targets, make_session
+from .runtime import TargetLike, check_images, check_targets, make_session, run_session
 
 TARGET = "target"
+FINITE = "finite"   # bool [N] output: every map and logit of the image is finite
 STAGES = "stages"   # layers="stages": the paper's layer set for multi-layer maps
 
 
@@ -43,13 +46,22 @@ class MapRequest:
 
 
 def seed_from_target(b: GraphBuilder, index: GraphIndex, logits: str) -> str:
-    """One-hot of the target (top-1 where target < 0) on the logits, broadcast over space."""
+    """One-hot of the target on the logits, broadcast over space.
+
+    target −1 is the image's top-1; any other value outside [0, K) fails the run: it is mapped
+    to K and passed through Gather(range(K), ·), which ONNX defines as an error for an index out
+    of bounds (ONNX Runtime raises it), instead of a one-hot of zeros or a silent top-1."""
     rank = index.rank(logits) or 2
     scores = logits if rank == 2 else b.reduce("ReduceSum", logits, list(range(2, rank)), False)
     top1 = b.op("ArgMax", scores, axis=1, keepdims=0)
-    target = b.op("Where", b.op("Less", TARGET, b.const(0, np.int64)), top1, TARGET)
     classes = (index.shapes.get(logits) or (None, None))[1]
     depth = b.ints([classes]) if isinstance(classes, int) else b.shape(logits, 1, 2)
+    k = b.op("Squeeze", depth, b.ints([0]))
+    minus_one = b.const(-1, np.int64)
+    invalid = b.op("Where", b.op("Less", TARGET, b.const(0, np.int64)), k, TARGET)
+    chosen = b.op("Where", b.op("Equal", TARGET, minus_one), top1, invalid)
+    classes_range = b.op("Range", b.const(0, np.int64), k, b.const(1, np.int64))
+    target = b.op("Gather", classes_range, chosen, axis=0)
     onehot = b.op("OneHot", target, depth, b.const([0.0, 1.0]), axis=-1)
     if rank == 2:
         return onehot
@@ -122,6 +134,17 @@ class _Assembly:
         result.update({t: diff for t in wrt if t == contrast})
         return result
 
+    def finite_flag(self, tensors: Sequence[str]) -> str:
+        """bool [N]: every value of the image in `tensors` (each [N, …]) is finite. x·0 is NaN
+        exactly where x is ±Inf or NaN, so one sum per tensor finds any."""
+        b = self.b
+        sums = []
+        for t in tensors:
+            rank = self.index.rank(t) or 3
+            sums.append(b.reduce("ReduceSum", b.op("Mul", t, b.const(0.0)), list(range(1, rank)),
+                                 keepdims=False))
+        return b.op("Not", b.op("IsNaN", b.sum(sums)))
+
     def _contrast_tensor(self, label: str | None) -> str:
         if label is not None:
             return LayerNames(self.index, self.canon.input_name).resolve(label)
@@ -134,10 +157,18 @@ class _Assembly:
         return fcs[-1].input[0]
 
     def finish(self, outputs: Sequence[tuple[str, str, int]], keep_logits: bool,
-               metadata: dict | None = None) -> onnx.ModelProto:
-        """outputs: (output name, tensor, rank); the batch dim of each is symbolic."""
+               metadata: dict | None = None, finite: bool = False) -> onnx.ModelProto:
+        """outputs: (output name, tensor, rank), float32 with a symbolic batch dim, in this
+        order after the logits (`keep_logits`); `finite`: a last output `finite`, bool [N]."""
+        taken = {o for n in self.index.nodes for o in n.output} | set(self.index.graph_inputs)
+        clashes = sorted(taken & ({name for name, _, _ in outputs} | ({FINITE} if finite else set())))
+        if clashes:
+            raise MethodError(f"The model already has a tensor named '{clashes[0]}', the name of "
+                              "an explainer output; rename it in the model.")
+        if finite:
+            flag = self.finite_flag([t for _, t, _ in outputs] + ([self.logits] if keep_logits else []))
         graph = self.model.graph
-        graph.initializer.extend(self.b.initializers)
+        graph.initializer.extend(self.b.initializers)   # after finite_flag: it adds constants
         nodes = interleave_early(graph, copy_fused_sum_operands(graph, self.b.nodes, self.index))
         del graph.node[:]
         graph.node.extend(nodes)
@@ -148,6 +179,9 @@ class _Assembly:
             graph.node.append(helper.make_node("Identity", [tensor], [name], name=f"output/{name}"))
             graph.output.append(helper.make_tensor_value_info(
                 name, TensorProto.FLOAT, [BATCH] + [None] * (rank - 1)))
+        if finite:
+            graph.node.append(helper.make_node("Identity", [flag], [FINITE], name=f"output/{FINITE}"))
+            graph.output.append(helper.make_tensor_value_info(FINITE, TensorProto.BOOL, [BATCH]))
         for domain in self.b.custom_domains:
             self.model.opset_import.append(helper.make_opsetid(domain, 1))
         if metadata:
@@ -159,6 +193,21 @@ class _Assembly:
         return meta.per_image(model) if self.per_image else model
 
 
+_RECTIFYING = ("guided_backprop", "deconvnet")   # rule tables that differ at ReLU-like units only
+
+
+def _warn_unrectified(asm: _Assembly, reqs: Sequence[MapRequest]) -> None:
+    """Warn when no ReLU-like unit lies between the taps and the logits: the map then equals
+    the plain gradient's."""
+    nodes = path_nodes(asm.index, [asm.read(r.tensor) for r in reqs], [asm.logits])
+    if not any(relu_like(n, asm.index) for n in nodes):
+        names = ", ".join(dict.fromkeys(r.method.name for r in reqs))
+        warnings.warn(
+            f"{names}: the model has no ReLU-like unit ({', '.join(RELU_LIKE_OPS[:-1])} or Clip "
+            "with min 0) between the input and the logits, so nothing is rectified and the map "
+            "equals the plain gradient's.", stacklevel=4)
+
+
 def _check_4d(index: GraphIndex, tensor: str, label: str) -> None:
     shape = index.shapes.get(tensor)
     if shape is not None and len(shape) != 4:
@@ -166,14 +215,15 @@ def _check_4d(index: GraphIndex, tensor: str, label: str) -> None:
             f"Layer '{label}' is a rank-{len(shape)} tensor; saliency maps need an [N,C,H,W] layer.")
 
 
-def backward_graph(model: ModelSource, wrt: Sequence[str] | str, rule: str = "gradient"
-                   ) -> onnx.ModelProto:
+def backward_graph(model: ModelSource, wrt: Sequence[str] | str, rule: str = "gradient",
+                   output: str | None = None) -> onnx.ModelProto:
     """A model (image, target) -> raw backward signal at each tensor in `wrt` (outputs named
     `grad:<name>` in the order given; the signal is ∂ logit_target / ∂ tensor for the gradient
     rule, the rectified signal for the others). `wrt` takes layer names, tensor names and, for
     the gradient rule, parameter names (conv/Gemm/MatMul weights and biases, BatchNormalization
-    scale and bias, as named in the canonical model): their gradients summed over the batch."""
-    canon = canonicalize(model)
+    scale and bias, as named in the canonical model): their gradients summed over the batch.
+    `output`: the model output explained, as in `Explainer`."""
+    canon = canonicalize(model, output=output)
     wrt = [wrt] if isinstance(wrt, str) else list(wrt)
     asm = _Assembly(canon)
     names = LayerNames(asm.index, canon.input_name)
@@ -206,6 +256,13 @@ class Explainer:
     (learning rate `meta_lr`) towards each image's target, computed in the same graph (meta.py).
     `layout="NHWC"`: the model takes channels-last images; the explainer still takes and returns
     NCHW images and [N,H,W] maps (a Transpose is put in front of the model).
+    `output`: the name of the model output to explain; default the only output, or the logits
+    where the outputs are the logits and their (Log)Softmax; other multi-output models must
+    name one. The seed sits on the chosen output's pre-softmax logits.
+
+    The saved graph's outputs, by name: the logits, one map per key in `map_names` (that
+    order), and `finite` (bool [N]: the image's maps and logits hold no NaN/Inf). A target
+    outside [0, K) other than −1 makes the run fail (ONNX Gather out of bounds).
     """
 
     def __init__(self, model: ModelSource, methods: Sequence[str | Method] | str = ("gradient",),
@@ -213,8 +270,8 @@ class Explainer:
                  providers: Sequence[str] | None = None, *, threads: int | None = None,
                  fused: bool | None = None, combine: str | None = None,
                  weights: str | Sequence[float] = "uniform", meta: bool = False,
-                 meta_lr: float = 2.5e-3, layout: str = "NCHW"):
-        self.canonical = canonicalize(model, layout)
+                 meta_lr: float = 2.5e-3, layout: str = "NCHW", output: str | None = None):
+        self.canonical = canonicalize(model, layout, output)
         if not np.isfinite(meta_lr) or meta_lr < 0:
             raise MethodError(f"meta_lr must be a non-negative number, not {meta_lr!r}.")
         self.meta, self.meta_lr = bool(meta), float(meta_lr)
@@ -282,6 +339,8 @@ class Explainer:
         maps: dict[str, str] = {}
         inp = self.canonical.input_name
         for (rule, options), reqs in by_walk.items():
+            if rule in _RECTIFYING:
+                _warn_unrectified(asm, reqs)
             grads = asm.grads(rule, [asm.read(r.tensor) for r in reqs], dict(options))
             for req in reqs:
                 tensor = asm.read(req.tensor)
@@ -297,11 +356,12 @@ class Explainer:
                 maps[req.key] = saliency
         if self.combination is not None:
             maps = self.combination.apply(asm.b, maps, self.requests)
-        outputs = [(key, tensor, 3) for key, tensor in maps.items()]
+        outputs = [(key, maps[key], 3) for key in self.map_names]   # the order asked for
         meta = {"onnx_saliency.maps": list(maps), "onnx_saliency.input": inp,
                 "onnx_saliency.logits": self.canonical.output_name,
+                "onnx_saliency.output": self.canonical.original_output,
                 "onnx_saliency.fused": fused, "onnx_saliency.meta_lr": self.meta_lr if self.meta else None}
-        return asm.finish(outputs, keep_logits=True, metadata=meta)
+        return asm.finish(outputs, keep_logits=True, metadata=meta, finite=True)
 
     # -- running ----------------------------------------------------------------------------
     @property
@@ -309,6 +369,11 @@ class Explainer:
         if self.combination is not None:
             return self.combination.keys(self.requests)
         return [r.key for r in self.requests]
+
+    @property
+    def logits_output(self) -> str:
+        """The saved graph's logits output: the explained output's pre-softmax tensor."""
+        return self.canonical.output_name
 
     @property
     def num_classes(self) -> int | None:
@@ -330,6 +395,7 @@ class Explainer:
         images = check_images(images, self.input_shape)
         n = images.shape[0]
         targets = check_targets(target, n, self.num_classes)
+        names = [self.logits_output, *self.map_names, FINITE]   # outputs by name, never position
         step = n if self.meta else (self.canonical.fixed_batch or n)  # meta: a Scan over images
         chunks = []
         for start in range(0, n, step):
@@ -338,10 +404,16 @@ class Explainer:
             if pad:
                 x = np.concatenate([x, np.repeat(x[-1:], pad, 0)])
                 t = np.concatenate([t, np.repeat(t[-1:], pad, 0)])
-            outs = self.session.run(None, {self.canonical.input_name: x, TARGET: t})
+            outs = run_session(self.session, names, {self.canonical.input_name: x, TARGET: t})
             chunks.append([o[:step - pad] for o in outs])
-        outs = [np.concatenate(parts) for parts in zip(*chunks)]
-        return {"logits": outs[0], **dict(zip(self.map_names, outs[1:]))}
+        out = dict(zip(names, (np.concatenate(parts) for parts in zip(*chunks))))
+        bad = np.flatnonzero(~out.pop(FINITE))
+        if bad.size:
+            raise NumericError(
+                f"The maps of image{'s' if bad.size > 1 else ''} {', '.join(map(str, bad[:5]))}"
+                f"{' …' if bad.size > 5 else ''} contain NaN or Inf: the model overflowed float32 "
+                "inside (inputs far outside its usual range?).")
+        return {"logits": out.pop(self.logits_output), **{k: out[k] for k in self.map_names}}
 
     def explain(self, images: np.ndarray, target: TargetLike = None) -> dict[str, np.ndarray]:
         """Saliency maps {key: float32 [N,H,W]} at input resolution, raw (not normalised).
@@ -365,19 +437,21 @@ class Explainer:
         onnx.save(model, str(path))
 
 
-def list_layers(model: ModelSource) -> list[str]:
+def list_layers(model: ModelSource, output: str | None = None) -> list[str]:
     """Names usable as layers: module paths from exporter scopes, then raw tensor names."""
-    canon = canonicalize(model)
+    canon = canonicalize(model, output=output)
     return LayerNames(GraphIndex(canon.model), canon.input_name).names()
 
 
-def default_layers(model: ModelSource) -> dict[str, str]:
+def default_layers(model: ModelSource | CanonicalModel, output: str | None = None
+                   ) -> dict[str, str]:
     """The layer each layer method taps when none is given, for this model: {method: layer}.
 
     Grad-CAM and the NormGrad family: the last spatial tensor before the classifier's global
     pooling (VGG16 features.29, ResNet50 layer4); normgrad_conv: the last convolution; EBP: by
-    family (ResNets layer3, VGGs pool4: VGG16 features.23), else the Grad-CAM layer."""
-    canon = canonicalize(model)
+    family (ResNets layer3, VGGs pool4: VGG16 features.23), else the Grad-CAM layer.
+    `model` may be a model already canonicalised (`canonicalize`)."""
+    canon = model if isinstance(model, CanonicalModel) else canonicalize(model, output=output)
     index = GraphIndex(canon.model)
     names = LayerNames(index, canon.input_name)
     general = default_layer(index, canon.input_name)

@@ -26,7 +26,7 @@ def make_session(model: onnx.ModelProto, providers: Sequence[str] | None = None,
             f"Execution provider(s) {', '.join(missing)} are not available in this onnxruntime "
             f"build (available: {', '.join(available)}).")
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4   # errors reach the caller as exceptions (run_session)
     # flush denormals: gradients and SGD steps underflow into them, and they are 10-100x slower
     opts.add_session_config_entry("session.set_denormal_as_zero", "1")
     if any(o.domain == fused.DOMAIN for o in model.opset_import):
@@ -69,7 +69,14 @@ def check_targets(target: TargetLike, n: int, num_classes: int | None) -> np.nda
     """int64 [N] targets; −1 means "the image's top-1 class" (resolved inside the graph)."""
     if target is None:
         return np.full(n, -1, np.int64)
-    arr = np.asarray(target)
+    try:
+        arr = np.asarray(target)
+    except (OverflowError, ValueError):   # ints beyond any NumPy integer type, ragged lists
+        arr = np.asarray(target, dtype=object)
+    huge = [int(v) for v in np.ravel(arr) if isinstance(v, (int, np.integer))
+            and not isinstance(v, (bool, np.bool_)) and not -2**63 <= int(v) < 2**63]
+    if huge:
+        raise InputError(f"target {huge[0]} is not a class index (beyond int64).")
     if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
         raise InputError(f"target must be an int, a sequence of ints or None, got {target!r}.")
     if arr.ndim == 0:
@@ -80,3 +87,16 @@ def check_targets(target: TargetLike, n: int, num_classes: int | None) -> np.nda
         bad = arr[(arr < 0) | (arr >= num_classes)][0]
         raise InputError(f"target {int(bad)} is outside [0, {num_classes}) for this model.")
     return arr.astype(np.int64)
+
+
+def run_session(session: ort.InferenceSession, names: Sequence[str], feeds: dict) -> list:
+    """session.run, with ONNX Runtime's failures as one-sentence package errors (an
+    out-of-range target fails the graph's Gather: see explainer.seed_from_target)."""
+    try:
+        return session.run(list(names), feeds)
+    except Exception as exc:  # ORT's pybind exceptions share no public base class
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "indices element out of data bounds" in message:
+            raise InputError("A target is outside [0, K) for this model (K classes); give a "
+                             "class index in range, or -1 for the image's top-1.") from None
+        raise SaliencyError(f"ONNX Runtime failed to run the explainer graph: {message}") from None
