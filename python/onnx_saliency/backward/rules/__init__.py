@@ -1,6 +1,7 @@
 """The rule tables: op type -> backward rule, one table per backward method.
 
-Methods of the gradient family differ only at ReLU; TSGB replaces Conv, BatchNormalization and
+Methods of the gradient family differ only at ReLU-like units (Relu, LeakyRelu, PRelu, ReLU6's
+Clip(0, M): activations.relu_like); TSGB replaces Conv, BatchNormalization and
 the fully-connected rules; EBP the linear ops, residual Add and the activations; everything else
 is the true gradient.
 """
@@ -14,8 +15,8 @@ GRADIENT = {**conv.RULES, **linear.RULES, **elementwise.RULES, **activations.RUL
 
 RULE_TABLES = {
     "gradient": GRADIENT,
-    "guided_backprop": {**GRADIENT, "Relu": activations.relu_guided},
-    "deconvnet": {**GRADIENT, "Relu": activations.relu_deconvnet},
+    "guided_backprop": {**GRADIENT, **activations.GUIDED_RULES},
+    "deconvnet": {**GRADIENT, **activations.DECONVNET_RULES},
     "tsgb": {**GRADIENT, **tsgb.RULES},
     "ebp": {**GRADIENT, **ebp.RULES},
 }

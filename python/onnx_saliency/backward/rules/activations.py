@@ -3,6 +3,14 @@
 Relu   gradient: g·1[x>0]; guided backprop: max(g,0)·1[x>0]; deconvnet: max(g,0).
 LeakyRelu: g·(1[x>0] + α·1[x≤0]). PRelu: g·(1[x>0] + slope·1[x≤0]).
 Clip: g·1[min<x<max]. Sigmoid: g·y(1−y). Tanh: g(1−y²).
+
+ReLU-like units (`relu_like`): Relu, LeakyRelu, PRelu and Clip with min 0 (ReLU6 = Clip(0, 6) =
+min(Relu(x), 6)). Guided backprop rectifies the signal at each of them and keeps the unit's true
+local derivative: f'(x)·max(g,0) (ReLU6: 1[0<x<6]·max(g,0); leaky: (1[x>0] + α·1[x≤0])·max(g,0),
+the leaky branch being a real forward path). Deconvnet replaces the rectifier's backward by
+max(g,0) and ignores the forward sign; a Clip's upper bound is a min(·, M), not a rectifier, so
+it keeps its true gradient (ReLU6: 1[x<6]·max(g,0)). Other units (SiLU, GELU, HardSwish, Clip
+with another min) take their true gradient in every method of the family.
 HardSigmoid: g·α·1[0<αx+β<1]. HardSwish: g·(0 if x<−3, 1 if x>3, else (2x+3)/6).
 Softmax: y⊙(g − Σ g⊙y). LogSoftmax: g − exp(y)·Σ g.
 """
@@ -57,14 +65,6 @@ def _relu_mask(ctx: RuleContext, node) -> str:
 
 def relu_gradient(ctx, node, grads):
     return [ctx.b.op("Mul", grads[0], _relu_mask(ctx, node))]
-
-
-def relu_guided(ctx, node, grads):
-    return [ctx.b.op("Mul", ctx.b.op("Relu", grads[0]), _relu_mask(ctx, node))]
-
-
-def relu_deconvnet(ctx, node, grads):
-    return [ctx.b.op("Relu", grads[0])]
 
 
 def leaky_relu(ctx, node, grads):
@@ -137,6 +137,40 @@ def log_softmax(ctx, node, grads):
     return [b.op("Sub", g, b.op("Mul", b.op("Exp", y), total))]
 
 
+def relu_like(node: onnx.NodeProto, index) -> bool:
+    """Relu, LeakyRelu, PRelu, or a Clip whose min is the constant 0 (ReLU6)."""
+    if node.domain not in ("", "ai.onnx"):
+        return False
+    if node.op_type in ("Relu", "LeakyRelu", "PRelu"):
+        return True
+    if node.op_type != "Clip" or len(node.input) < 2 or not node.input[1]:
+        return False
+    low = index.const(node.input[1])
+    return low is not None and low.size == 1 and float(low) == 0.0
+
+
+def _guided(true_rule):
+    """Guided backprop at a ReLU-like unit: its true backward rule applied to max(g, 0)."""
+    def rule(ctx, node, grads):
+        if relu_like(node, ctx.index):
+            grads = [ctx.b.op("Relu", grads[0]), *grads[1:]]
+        return true_rule(ctx, node, grads)
+    return rule
+
+
+def _deconvnet(ctx, node, grads):
+    """Deconvnet at a ReLU-like unit: max(g, 0), then a Clip's upper bound (1[x<max])."""
+    if not relu_like(node, ctx.index):
+        return RULES[node.op_type](ctx, node, grads)
+    g = ctx.b.op("Relu", grads[0])
+    if node.op_type == "Clip" and len(node.input) > 2 and node.input[2]:
+        g = _mask(ctx, ctx.b.op("Less", node.input[0], node.input[2]), g)
+    return [g] + [None] * (len(node.input) - 1)
+
+
 RULES = {"Relu": relu_gradient, "LeakyRelu": leaky_relu, "PRelu": prelu, "Clip": clip,
          "Sigmoid": sigmoid, "Tanh": tanh, "HardSigmoid": hard_sigmoid, "HardSwish": hard_swish,
          "Softmax": softmax, "LogSoftmax": log_softmax}
+RELU_LIKE_OPS = ("Relu", "LeakyRelu", "PRelu", "Clip")
+GUIDED_RULES = {op: _guided(RULES[op]) for op in RELU_LIKE_OPS}
+DECONVNET_RULES = {op: _deconvnet for op in RELU_LIKE_OPS}

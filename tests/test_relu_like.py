@@ -1,0 +1,193 @@
+"""Guided backprop and deconvnet rectify at every ReLU-like unit (METHODS.md §1; the rules in
+backward/rules/activations.py): Relu, LeakyRelu, PRelu and Clip with min 0 (ReLU6), not only at
+Relu nodes; other units keep their true gradient; a model with nothing to rectify warns.
+
+The PyTorch reference writes each unit as y = s ⊙ x + c, with the slope s and offset c taken
+from ONNX Runtime's own forward pass of the explainer graph (its decisions at every kink), so
+that last-bit differences between the engines cannot flip a unit; its backward is the method's:
+  gradient  g ⊙ s                       (s = f'(x))
+  guided    max(g, 0) ⊙ s               at ReLU-like units, g ⊙ s elsewhere
+  deconvnet max(g, 0) ⊙ 1[x < max]      at ReLU-like units (the Clip's cap), g ⊙ s elsewhere
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+
+import onnx_saliency as osal
+from onnx_saliency.runtime import make_session
+
+from conftest import export_torchvision, rel_err
+
+torch = pytest.importorskip("torch")
+METHODS = ["gradient", "guided_backprop", "deconvnet"]
+UNIT_OPS = ("Relu", "LeakyRelu", "PRelu", "Clip")
+
+
+def _unit_inputs(ex: osal.Explainer) -> tuple[list, dict]:
+    """The explainer graph's values at the input of every unit (in graph order), from the
+    explainer's own forward pass, and its maps."""
+    nodes = [n for n in ex.canonical.model.graph.node if n.op_type in UNIT_OPS]
+    model = onnx.ModelProto()
+    model.CopyFrom(ex.model)
+    names = [n.input[0] for n in nodes]
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
+                              for t in names)
+    return nodes, model
+
+
+class _Unit(torch.autograd.Function):
+    """y = s·x + c; backward: (rectify ? max(g, 0) : g) · back."""
+
+    @staticmethod
+    def forward(ctx, x, s, c, back, rectify):
+        ctx.save_for_backward(back)
+        ctx.rectify = rectify
+        return x * s + c
+
+    @staticmethod
+    def backward(ctx, g):
+        (back,) = ctx.saved_tensors
+        return (torch.relu(g) if ctx.rectify else g) * back, None, None, None, None
+
+
+class _PinnedUnit(torch.nn.Module):
+    """A unit module replaced by _Unit with ORT's decisions at its input `x_ort`."""
+
+    def __init__(self, module, x_ort: np.ndarray, method: str):
+        super().__init__()
+        x = torch.from_numpy(x_ort)
+        pos, relu_like = x > 0, True
+        if isinstance(module, torch.nn.LeakyReLU):
+            s, c, cap = torch.where(pos, 1.0, module.negative_slope), 0.0, torch.ones_like(x)
+        elif isinstance(module, torch.nn.PReLU):
+            slope = module.weight.detach().reshape(1, -1, 1, 1)
+            s, c, cap = torch.where(pos, torch.ones_like(x), slope), 0.0, torch.ones_like(x)
+        else:  # Hardtanh family: ReLU6 = Hardtanh(0, 6), ReLU = Hardtanh(0, inf)
+            lo, hi = (0.0, float("inf")) if isinstance(module, torch.nn.ReLU) else \
+                (module.min_val, module.max_val)
+            below, above = x <= lo, x >= hi
+            s = (~below & ~above).float()
+            c = lo * below.float() + (hi * above.float() if hi != float("inf") else 0.0)
+            cap = (~above).float()
+            relu_like = lo == 0.0
+        s = s.float()
+        self.s, self.c = s, torch.as_tensor(c).float()
+        rectify = relu_like and method != "gradient"
+        self.back = cap if (relu_like and method == "deconvnet") else s
+        self.rectify = rectify
+
+    def forward(self, x):
+        return _Unit.apply(x, self.s, self.c, self.back, self.rectify)
+
+
+def _reference(net, units, x_ort_values, x, targets, method) -> np.ndarray:
+    """max_c |∂ logit_t / ∂ x| of `net` with every unit pinned and rectified as `method`."""
+    replaced = {}
+    for (parent, attr), value in zip(units, x_ort_values):
+        module = getattr(parent, attr)
+        replaced[(parent, attr)] = module
+        setattr(parent, attr, _PinnedUnit(module, value, method))
+    try:
+        xt = torch.from_numpy(x).requires_grad_(True)
+        logits = net(xt)
+        logits.gather(1, torch.as_tensor(targets)[:, None]).sum().backward()
+        return xt.grad.abs().amax(1).numpy()
+    finally:
+        for (parent, attr), module in replaced.items():
+            setattr(parent, attr, module)
+
+
+def _unit_modules(net) -> list:
+    """(parent, attribute) of every activation module, in forward order (the modules are used
+    once each, in registration order, in both nets below)."""
+    kinds = (torch.nn.ReLU, torch.nn.ReLU6, torch.nn.Hardtanh, torch.nn.LeakyReLU, torch.nn.PReLU)
+    out = []
+    for parent in net.modules():
+        for attr, child in parent.named_children():
+            if isinstance(child, kinds):
+                out.append((parent, attr))
+    return out
+
+
+def _check_against_reference(onnx_path, net, x, targets, tol):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ex = osal.Explainer(onnx_path, methods=METHODS, fused=False)
+    nodes, model = _unit_inputs(ex)
+    units = _unit_modules(net)
+    assert len(units) == len(nodes), (len(units), [n.op_type for n in nodes])
+    session = make_session(model)
+    names = [o.name for o in session.get_outputs()]
+    values = dict(zip(names, session.run(None, {ex.canonical.input_name: x, "target": targets})))
+    unit_values = [values[n.input[0]] for n in nodes]
+    maps = {m: values[m] for m in METHODS}
+    for method in METHODS:
+        ref = _reference(net, units, unit_values, x, targets, method)
+        assert rel_err(maps[method], ref) < tol, (method, rel_err(maps[method], ref))
+    return maps
+
+
+def test_guided_and_deconvnet_rectify_relu6_on_mobilenet_v2(tmp_path):
+    path = tmp_path / "mobilenet_v2.onnx"
+    net = export_torchvision("mobilenet_v2", path, 64)
+    assert sum(n.op_type == "Clip" for n in onnx.load(str(path)).graph.node) == 35
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    maps = _check_against_reference(path, net, x, np.array([3, 7]), 1e-4)
+    # the defect this guards against: guided backprop equal to the plain gradient on ReLU6 nets
+    for method in ("guided_backprop", "deconvnet"):
+        assert rel_err(maps[method], maps["gradient"]) > 0.1
+
+
+class _EveryUnit(torch.nn.Module):
+    """Conv stages with LeakyReLU, PReLU, ReLU6, Hardtanh(-1, 1) (not ReLU-like) and ReLU."""
+
+    def __init__(self):
+        super().__init__()
+        acts = [torch.nn.LeakyReLU(0.1), torch.nn.PReLU(6), torch.nn.ReLU6(),
+                torch.nn.Hardtanh(-1.0, 1.0), torch.nn.ReLU()]
+        layers, cin = [], 3
+        for act in acts:
+            layers += [torch.nn.Conv2d(cin, 6, 3, padding=1), act]
+            cin = 6
+        self.features = torch.nn.Sequential(*layers)
+        self.fc = torch.nn.Linear(6, 5)
+        with torch.no_grad():
+            self.features[3].weight.uniform_(0.05, 0.4)   # PReLU slopes, per channel
+            for conv in self.features[::2]:
+                conv.weight.mul_(3.0)                     # units on both sides of their kinks
+
+    def forward(self, x):
+        return self.fc(self.features(x).mean((2, 3)))
+
+
+def test_every_relu_like_unit_against_pytorch(tmp_path):
+    torch.manual_seed(0)
+    net = _EveryUnit().eval()
+    path = tmp_path / "units.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(1, 3, 12, 12),), str(path), dynamo=False,
+                          opset_version=17, input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert {"LeakyRelu", "PRelu", "Relu"} <= set(ops) and ops.count("Clip") == 2
+    x = np.random.default_rng(1).standard_normal((2, 3, 12, 12)).astype(np.float32)
+    maps = _check_against_reference(path, net, x, np.array([0, 4]), 1e-5)
+    assert rel_err(maps["guided_backprop"], maps["deconvnet"]) > 0.1
+
+
+@pytest.mark.parametrize("model,warns", [("activations", False), ("softmax_inside", True)])
+def test_a_method_with_nothing_to_rectify_warns(graphs, model, warns):
+    """activations.onnx has ReLU-like units; softmax_inside.onnx has none (Softmax only)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        osal.Explainer(graphs.build(model), methods=["gradient", "guided_backprop", "deconvnet"])
+    messages = [str(w.message) for w in caught if "nothing is rectified" in str(w.message)]
+    assert len(messages) == (2 if warns else 0)
+    if warns:
+        assert messages[0].startswith("guided_backprop:") and messages[1].startswith("deconvnet:")
