@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -142,7 +148,9 @@ def test_rectified_conv_transpose_rejects_bad_input_without_crashing():
 
 # -- the same kernels through an ONNX Runtime session (the custom-op library) --------------
 
-def _session(op, inputs, **attrs):
+def _session(op, inputs, library=None, global_threads=False, **attrs):
+    """A session running one `op` node on `inputs` (names) with the custom-op `library` (the
+    package's by default); `global_threads`: on ONNX Runtime's global thread pool."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
@@ -156,7 +164,9 @@ def _session(op, inputs, **attrs):
                                                     helper.make_opsetid(fused.DOMAIN, 1)])
     opts = ort.SessionOptions()
     opts.log_severity_level = 4
-    opts.register_custom_ops_library(fused.library_path())
+    opts.use_per_session_threads = not global_threads
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # one node: nothing to do
+    opts.register_custom_ops_library(library or fused.library_path())
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
@@ -339,3 +349,138 @@ def test_max_pool_relevance_rejects_bad_input_without_crashing():
         sess.run(None, {"x": x, "s": np.zeros((2, 3, 3, 3), np.float32)})
     with pytest.raises(InvalidArgument, match="4-D"):
         sess.run(None, {"x": x[0], "s": s})
+
+
+# -- hostile attributes (issue #15): one sentence naming the op and attribute, never a crash or
+# a hang, through pybind11 and through an ONNX Runtime session alike ------------------------
+
+PYBIND_NAMES = {"NormGrad": "normgrad", "RectifiedConvTranspose": "rectified_conv_transpose",
+                "MaxPoolGradient": "max_pool_gradient", "MaxPoolRelevance": "max_pool_relevance"}
+BINDINGS = ("pybind", "ort")
+
+
+def outcome(kernels, binding, op, inputs, attrs, global_threads=False):
+    """`op` on `inputs` ({name: array} in the op's input order) with `attrs` through `binding`:
+    the pybind11 module `kernels`, or an ONNX Runtime session with its custom-op library.
+    ("ok", output) or ("error", message); any other exception propagates."""
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
+
+    try:
+        if binding == "pybind":
+            return "ok", getattr(kernels, PYBIND_NAMES[op])(*inputs.values(), threads=2, **attrs)
+        sess = _session(op, list(inputs), kernels.library_path(), global_threads, **attrs)
+        return "ok", sess.run(None, inputs)[0]
+    except (ValueError, Fail, InvalidArgument, RuntimeException) as e:
+        return "error", str(e)
+
+
+BIG = 2**62
+# (op, {input: shape}, attributes, the error expected: a regex, or None for a result; bindings)
+HOSTILE = [
+    # 1. segfaults: d·(k − 1) overflowing past the geometry check
+    ("MaxPoolGradient", {"x": (1, 2, 4, 4), "g": (1, 2, 8, 4)},
+     {"kernel_shape": [BIG, 1], "dilations": [4, 1]},
+     r"MaxPoolGradient: kernel_shape\[0\] must be positive and at most 2147483647", BINDINGS),
+    ("RectifiedConvTranspose", {"g": (1, 4, 4, 8), "z": (1, 4, 4, 8), "a": (1, 2, 4, 4)},
+     {"kernel_shape": [1, BIG], "dilations": [1, 4]},
+     r"RectifiedConvTranspose: kernel_shape\[1\] must be positive", BINDINGS),
+    # 2. hangs: ~2^62 kernel taps
+    ("NormGrad", {"g": (1, 2, 8, 4), "a": (1, 3, 4, 4)},
+     {"mode": "conv", "kernel_shape": [BIG, 1], "dilations": [4, 1]},
+     r"NormGrad: kernel_shape\[0\] must be positive", BINDINGS),
+    ("RectifiedConvTranspose", {"g": (1, 4, 8, 4), "z": (1, 4, 8, 4), "a": (1, 2, 4, 4)},
+     {"kernel_shape": [BIG, 1], "dilations": [4, 1]},
+     r"RectifiedConvTranspose: kernel_shape\[0\] must be positive", BINDINGS),
+    # 3. invalid geometry accepted: pads of 2^63 − 1 (the sum wrapped around to 2: zeros came back)
+    ("NormGrad", {"g": (1, 1, 2, 2), "a": (1, 1, 4, 4)}, {"mode": "conv", "pads": [2**63 - 1] * 4},
+     r"NormGrad: pads\[0\] must be non-negative and at most 2147483647", BINDINGS),
+    ("RectifiedConvTranspose", {"g": (1, 1, 2, 2), "z": (1, 1, 2, 2), "a": (1, 1, 4, 4)},
+     {"pads": [2**63 - 1] * 4}, r"RectifiedConvTranspose: pads\[0\] must be non-negative",
+     BINDINGS),
+    ("MaxPoolGradient", {"x": (1, 1, 4, 4), "g": (1, 1, 2, 2)}, {"pads": [2**63 - 1] * 4},
+     r"MaxPoolGradient: pads\[0\] must be non-negative", BINDINGS),
+    # a kernel larger than the padded input (C++ division truncated -1/2 to 0: a 1x1 output)
+    ("NormGrad", {"g": (1, 1, 1, 1), "a": (1, 1, 2, 2)},
+     {"mode": "conv", "kernel_shape": [3, 3], "strides": [2, 2]},
+     r"NormGrad: on axis 2 the dilated kernel .* is larger than the padded input", BINDINGS),
+    ("RectifiedConvTranspose", {"g": (1, 1, 1, 1), "z": (1, 1, 1, 1), "a": (1, 1, 2, 2)},
+     {"kernel_shape": [3, 3], "strides": [2, 2]},
+     r"RectifiedConvTranspose: on axis 2 the dilated kernel .* larger than the padded", BINDINGS),
+    ("MaxPoolGradient", {"x": (1, 1, 2, 2), "g": (1, 1, 1, 1)},
+     {"kernel_shape": [3, 3], "strides": [2, 2]},
+     r"MaxPoolGradient: on axis 2 the dilated kernel .* larger than the padded", BINDINGS),
+    ("MaxPoolRelevance", {"x": (1, 2, 2, 2), "s": (1, 1, 1, 1)},
+     {"kernel_shape": [3, 3], "strides": [2, 2]},
+     r"MaxPoolRelevance: on axis 2 the dilated kernel .* larger than the padded", BINDINGS),
+    # epsilon: finite and non-negative
+    *[("RectifiedConvTranspose", {"g": (1, 1, 2, 2), "z": (1, 1, 2, 2), "a": (1, 1, 2, 2)},
+       {"epsilon": eps}, r"RectifiedConvTranspose: epsilon must be finite and non-negative",
+       BINDINGS)
+      for eps in (float("nan"), float("inf"), -1.0)],
+    ("RectifiedConvTranspose", {"g": (1, 0, 2, 2), "z": (1, 0, 2, 2), "a": (1, 0, 2, 2)},
+     {"group": BIG}, r"RectifiedConvTranspose: group must be positive and at most", BINDINGS),
+    ("NormGrad", {"g": (1, 1, 2, 2), "a": (1, 1, 2, 2)}, {"mode": "bogus"},
+     r"NormGrad: mode must be identity, conv or selective, not 'bogus'", BINDINGS),
+    # typed attributes (pybind11 types its arguments itself): mode=3 ran identity mode
+    ("NormGrad", {"g": (1, 1, 2, 2), "a": (1, 1, 2, 2)}, {"mode": 3},
+     r"NormGrad: attribute mode must be a string", ("ort",)),
+    ("RectifiedConvTranspose", {"g": (1, 1, 2, 2), "z": (1, 1, 2, 2), "a": (1, 1, 2, 2)},
+     {"epsilon": 1}, r"RectifiedConvTranspose: attribute epsilon must be a float", ("ort",)),
+    ("RectifiedConvTranspose", {"g": (1, 1, 2, 2), "z": (1, 1, 2, 2), "a": (1, 1, 2, 2)},
+     {"group": 1.0}, r"RectifiedConvTranspose: attribute group must be an int", ("ort",)),
+    ("MaxPoolGradient", {"x": (1, 1, 4, 4), "g": (1, 1, 2, 2)},
+     {"kernel_shape": [2.0, 2.0], "strides": [2, 2]},
+     r"MaxPoolGradient: attribute kernel_shape must be a list of ints", ("ort",)),
+    ("MaxPoolGradient", {"x": (1, 1, 4, 4), "g": (1, 1, 2, 2)}, {"kernel_shape": [2, 2, 2]},
+     r"MaxPoolGradient: attribute kernel_shape needs 2 values", ("ort",)),
+    # valid extreme geometry computes, over the taps inside the input only: window (1, 1) reads
+    # a[0, 0] and no other window reads anything (loops of 2^62 taps before)
+    ("NormGrad", {"g": (1, 1, 2, 2), "a": (1, 1, 1, 1)},
+     {"mode": "conv", "kernel_shape": [2**31 - 1] * 2, "strides": [2**31 - 1] * 2,
+      "pads": [2**31 - 1] * 4}, None, BINDINGS),
+    ("RectifiedConvTranspose", {"g": (1, 1, 2, 2), "z": (1, 1, 2, 2), "a": (1, 1, 1, 1)},
+     {"kernel_shape": [2**31 - 1] * 2, "strides": [2**31 - 1] * 2, "pads": [2**31 - 1] * 4},
+     None, BINDINGS),
+    ("MaxPoolGradient", {"x": (1, 1, 1, 1), "g": (1, 1, 2, 2)},
+     {"kernel_shape": [2**31 - 1] * 2, "strides": [2**31 - 1] * 2, "pads": [2**31 - 1] * 4},
+     None, BINDINGS),
+]
+# what the valid extreme cases give on inputs of ones
+EXTREME_RESULTS = {"NormGrad": [[0, 0], [0, 1]], "RectifiedConvTranspose": [[1]],
+                   "MaxPoolGradient": [[1]]}
+
+
+def _hostile_outcomes(binding):
+    """Runs HOSTILE's cases for `binding` in a child interpreter (so a crash fails the test
+    instead of killing pytest, and a hang times out): one JSON outcome per case."""
+    cases = [i for i, case in enumerate(HOSTILE) if binding in case[4]]
+    code = ("import json, sys\nimport numpy as np\nimport test_kernels as t\n"
+            f"for i in {cases}:\n"
+            "    op, shapes, attrs, expected, _ = t.HOSTILE[i]\n"
+            "    print('case', i, op, attrs, file=sys.stderr, flush=True)\n"
+            "    fill = 0.0 if expected else 1.0\n"
+            "    inputs = {k: np.full(s, fill, np.float32) for k, s in shapes.items()}\n"
+            f"    status, out = t.outcome(t._kernels, {binding!r}, op, inputs, attrs)\n"
+            "    out = out if status == 'error' else out.tolist()\n"
+            "    print(json.dumps([i, status, out]), flush=True)\n")
+    try:
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                timeout=120, cwd=Path(__file__).parent)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"a case hung; finished before it:\n{e.stdout}")
+    assert result.returncode == 0, \
+        f"crashed ({result.returncode}) after:\n{result.stdout}\n{result.stderr[-3000:]}"
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+@pytest.mark.parametrize("binding", BINDINGS)
+def test_hostile_attributes_are_errors_not_crashes_or_hangs(binding):
+    outcomes = _hostile_outcomes(binding)
+    assert len(outcomes) == sum(binding in case[4] for case in HOSTILE)
+    for i, status, out in outcomes:
+        op, shapes, attrs, expected, _ = HOSTILE[i]
+        if expected is None:
+            assert status == "ok", (op, attrs, out)
+            np.testing.assert_array_equal(np.asarray(out)[0, 0], EXTREME_RESULTS[op])
+        else:
+            assert status == "error" and re.search(expected, out), (op, attrs, status, out)

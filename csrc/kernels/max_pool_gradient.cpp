@@ -8,49 +8,38 @@
 namespace onnx_saliency {
 namespace {
 
-// Floor- and ceil-mode output sizes of a pool over `in` (a ceil-mode runtime may drop a last
-// window that starts in the end padding; either size is accepted).
-void pool_out_sizes(int64_t in, int64_t k, int64_t s, int64_t p0, int64_t p1, int64_t d,
-                    int64_t& floor_size, int64_t& ceil_size) {
-  const int64_t span = in + p0 + p1 - d * (k - 1) - 1;
-  floor_size = span / s + 1;
-  ceil_size = (span + s - 1) / s + 1;
-}
-
-}  // namespace
-
-namespace {
-
-// The checks both pool backward ops share: a valid geometry, no negative dimension, and `name`'s
-// spatial size (g's, or s's) one that pooling x gives. "" or one sentence.
-std::string geometry_problem(const char* op, const int64_t x_shape[4], const int64_t g_shape[4],
-                             const ConvGeometry& geo) {
-  for (int i = 0; i < 2; ++i) {
-    if (geo.kernel[i] < 1 || geo.strides[i] < 1 || geo.dilations[i] < 1) {
-      return std::string(op) + ": kernel_shape, strides and dilations must be positive.";
-    }
-  }
-  for (int i = 0; i < 4; ++i) {
-    if (geo.pads[i] < 0) return std::string(op) + ": pads must be non-negative.";
-    if (x_shape[i] < 0 || g_shape[i] < 0) return std::string(op) + ": negative dimension.";
-  }
+// The checks both pool backward ops share: no negative dimension, element counts that fit, and
+// bounded attributes. "" or one sentence.
+std::string geometry_problem(const char* op, const char* name, const int64_t x_shape[4],
+                             const int64_t g_shape[4], const ConvGeometry& geo) {
+  std::string err = check_shape(op, "x", x_shape);
+  if (err.empty()) err = check_shape(op, name, g_shape);
+  if (err.empty()) err = check_attributes(op, geo);
+  if (!err.empty()) return err;
   if (x_shape[2] * x_shape[3] > INT32_MAX) {
     return std::string(op) + ": x's planes (H·W) must have fewer than 2^31 elements.";
   }
   return "";
 }
 
+// `name`'s spatial size (g's, or s's) one that pooling x gives, in floor or ceil mode (a ceil-mode
+// runtime may drop a last window that starts in the end padding: either size is accepted).
 std::string grid_problem(const char* op, const char* name, const int64_t x_shape[4],
                          const int64_t g_shape[4], const ConvGeometry& geo) {
   for (int i = 0; i < 2; ++i) {
-    int64_t lo, hi;
-    pool_out_sizes(x_shape[2 + i], geo.kernel[i], geo.strides[i], geo.pads[i], geo.pads[2 + i],
-                   geo.dilations[i], lo, hi);
-    if (lo < 1 || g_shape[2 + i] < lo || g_shape[2 + i] > hi) {
+    int64_t span;
+    std::string err = check_window_fits(op, geo, i, x_shape[2 + i], span);
+    if (!err.empty()) return err;
+    const int64_t s = geo.strides[i], lo = span / s + 1, hi = lo + (span % s != 0);
+    if (g_shape[2 + i] < lo || g_shape[2 + i] > hi) {
       return std::string(op) + ": " + name + "'s spatial dim " + std::to_string(i) + " is " +
              std::to_string(g_shape[2 + i]) + ", but pooling x gives " + std::to_string(lo) +
              (hi != lo ? " (or " + std::to_string(hi) + " in ceil mode)" : "") + ".";
     }
+  }
+  // the kernels' scratch: window maxima per row of x and window column
+  if (!count_fits({x_shape[2], g_shape[3]})) {
+    return std::string(op) + ": the scratch for these shapes has more than 2^60 elements.";
   }
   return "";
 }
@@ -60,7 +49,7 @@ std::string grid_problem(const char* op, const char* name, const int64_t x_shape
 std::string max_pool_gradient_check(const int64_t x_shape[4], const int64_t g_shape[4],
                                     const ConvGeometry& geo) {
   const char* op = "MaxPoolGradient";
-  std::string err = geometry_problem(op, x_shape, g_shape, geo);
+  std::string err = geometry_problem(op, "g", x_shape, g_shape, geo);
   if (!err.empty()) return err;
   if (x_shape[0] != g_shape[0] || x_shape[1] != g_shape[1]) {
     return std::string(op) + ": x and g must share batch and channels, got x [" +
@@ -73,7 +62,7 @@ std::string max_pool_gradient_check(const int64_t x_shape[4], const int64_t g_sh
 std::string max_pool_relevance_check(const int64_t x_shape[4], const int64_t s_shape[4],
                                      const ConvGeometry& geo) {
   const char* op = "MaxPoolRelevance";
-  std::string err = geometry_problem(op, x_shape, s_shape, geo);
+  std::string err = geometry_problem(op, "s", x_shape, s_shape, geo);
   if (!err.empty()) return err;
   if (s_shape[1] != 1) {
     return std::string(op) + ": s must have one channel [N,1,Ho,Wo], got " +
@@ -84,24 +73,6 @@ std::string max_pool_relevance_check(const int64_t x_shape[4], const int64_t s_s
 }
 
 namespace {
-
-// The taps [lo, hi) of window o along one axis that land inside [0, size).
-struct TapRange {
-  int64_t start, lo, hi;  // start: the window's first input position (may be in the padding)
-};
-
-std::vector<TapRange> tap_ranges(int64_t out, int64_t size, int64_t k, int64_t s, int64_t p,
-                                 int64_t d) {
-  std::vector<TapRange> ranges(static_cast<size_t>(out));
-  for (int64_t o = 0; o < out; ++o) {
-    const int64_t start = o * s - p;
-    int64_t lo = 0, hi = k;
-    while (lo < k && start + lo * d < 0) ++lo;
-    while (hi > lo && start + (hi - 1) * d >= size) --hi;
-    ranges[static_cast<size_t>(o)] = {start, lo, hi};
-  }
-  return ranges;
-}
 
 // best, at := cand, cand_at where cand > best (strictly greater: the first maximum stays);
 // branch-free, since on real data the comparison is unpredictable.
@@ -121,11 +92,11 @@ class PlaneMaxima {
   PlaneMaxima(const ConvGeometry& geo, int64_t H, int64_t W, int64_t Ho, int64_t Wo)
       : H_(H), W_(W), Wo_(Wo), kw_(geo.kernel[1]), sw_(geo.strides[1]), pl_(geo.pads[1]),
         dh_(geo.dilations[0]), dw_(geo.dilations[1]),
-        rows_(tap_ranges(Ho, H, geo.kernel[0], geo.strides[0], geo.pads[0], dh_)),
-        cols_(tap_ranges(Wo, W, kw_, sw_, pl_, dw_)) {
+        rows_(windows_along(Ho, H, geo.kernel[0], geo.strides[0], geo.pads[0], dh_)),
+        cols_(windows_along(Wo, W, kw_, sw_, pl_, dw_)) {
     full_begin_ = Wo;
     for (int64_t ox = 0; ox < Wo; ++ox) {  // the windows with every column tap inside the row
-      const TapRange& c = cols_[static_cast<size_t>(ox)];
+      const Window& c = cols_[static_cast<size_t>(ox)];
       if (c.lo == 0 && c.hi == kw_) {
         full_begin_ = std::min(full_begin_, ox);
         full_end_ = ox + 1;
@@ -138,7 +109,7 @@ class PlaneMaxima {
   void row_span(int64_t oy0, int64_t oy1, int64_t& first, int64_t& last) const {
     first = H_, last = 0;
     for (int64_t oy = oy0; oy < oy1; ++oy) {
-      const TapRange& r = rows_[static_cast<size_t>(oy)];
+      const Window& r = rows_[static_cast<size_t>(oy)];
       if (r.lo >= r.hi) continue;
       first = std::min(first, r.start + r.lo * dh_);
       last = std::max(last, r.start + (r.hi - 1) * dh_ + 1);
@@ -173,7 +144,7 @@ class PlaneMaxima {
     for (int64_t ox = 0; ox < Wo_; ++ox) {  // windows cut by the padding
       if (ox == full_begin_) ox = full_end_;
       if (ox >= Wo_) break;
-      const TapRange& c = cols_[static_cast<size_t>(ox)];
+      const Window& c = cols_[static_cast<size_t>(ox)];
       int32_t best = -1;
       for (int64_t j = c.lo; j < c.hi; ++j) {
         const int32_t col = static_cast<int32_t>(c.start + j * dw_);
@@ -193,10 +164,11 @@ class PlaneMaxima {
   void full_row_pass(const float* __restrict row, int32_t base, float* __restrict v,
                      int32_t* __restrict a) const {
     const int32_t kw = KW > 0 ? KW : static_cast<int32_t>(kw_);
-    const int32_t sw = static_cast<int32_t>(sw_), dw = static_cast<int32_t>(dw_),
-                  pl = static_cast<int32_t>(pl_);
+    const int32_t sw = static_cast<int32_t>(sw_), dw = static_cast<int32_t>(dw_);
+    // the first full window's start, in int64: full windows start inside the row, ox·sw may not
+    const int32_t start = static_cast<int32_t>(full_begin_ * sw_ - pl_);
     for (int32_t ox = static_cast<int32_t>(full_begin_); ox < full_end_; ++ox) {
-      const int32_t col = ox * sw - pl;
+      const int32_t col = start + (ox - static_cast<int32_t>(full_begin_)) * sw;
       float best = row[col];
       int32_t at = col;
       for (int32_t j = 1; j < kw; ++j) keep_first_max(row[col + j * dw], col + j * dw, best, at);
@@ -210,7 +182,7 @@ class PlaneMaxima {
   void column_pass(int64_t oy, int64_t slot, int64_t first) {
     float* __restrict v = value_.data() + slot;
     int32_t* __restrict a = at_.data() + slot;
-    const TapRange& r = rows_[static_cast<size_t>(oy)];
+    const Window& r = rows_[static_cast<size_t>(oy)];
     if (r.lo >= r.hi) {
       std::fill(a, a + Wo_, -1);
       return;
@@ -227,7 +199,7 @@ class PlaneMaxima {
   }
 
   int64_t H_, W_, Wo_, kw_, sw_, pl_, dh_, dw_;
-  std::vector<TapRange> rows_, cols_;
+  std::vector<Window> rows_, cols_;
   int64_t full_begin_ = 0, full_end_ = 0;
   std::vector<float> row_value_, value_;
   std::vector<int32_t> row_at_, at_;

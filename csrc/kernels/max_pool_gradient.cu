@@ -7,16 +7,19 @@
 namespace onnx_saliency {
 namespace {
 
+// The first maximum (row-major) of the window starting at (y0, x0) over the taps inside the
+// plane only (bounded by H · W, whatever the kernel's size); -1 when none.
 __device__ int64_t window_argmax(const float* xp, int64_t H, int64_t W, int64_t y0, int64_t x0,
                                  const ConvGeometry& geo) {
+  const int64_t dh = geo.dilations[0], dw = geo.dilations[1];
+  const Window row = taps_inside(y0, geo.kernel[0], dh, H);
+  const Window col = taps_inside(x0, geo.kernel[1], dw, W);
   int64_t best = -1;
   float best_value = 0.f;
-  for (int64_t i = 0; i < geo.kernel[0]; ++i) {
-    const int64_t y = y0 + i * geo.dilations[0];
-    if (y < 0 || y >= H) continue;
-    for (int64_t j = 0; j < geo.kernel[1]; ++j) {
-      const int64_t x = x0 + j * geo.dilations[1];
-      if (x < 0 || x >= W) continue;
+  for (int64_t i = row.lo; i < row.hi; ++i) {
+    const int64_t y = y0 + i * dh;
+    for (int64_t j = col.lo; j < col.hi; ++j) {
+      const int64_t x = x0 + j * dw;
       const float v = xp[y * W + x];
       if (best < 0 || v > best_value) {
         best = y * W + x;
@@ -25,16 +28,6 @@ __device__ int64_t window_argmax(const float* xp, int64_t H, int64_t W, int64_t 
     }
   }
   return best;
-}
-
-// Output windows o (along one axis) with a tap at input position t: o·s − p + i·d = t.
-__device__ void windows_covering(int64_t t, int64_t k, int64_t s, int64_t p, int64_t d,
-                                 int64_t out, int64_t& first, int64_t& last) {
-  const int64_t hi = t + p;                   // o·s ≤ t + p
-  const int64_t lo = t + p - d * (k - 1);     // o·s ≥ t + p − d(k−1)
-  first = lo <= 0 ? 0 : (lo + s - 1) / s;
-  last = hi < 0 ? -1 : hi / s;
-  if (last > out - 1) last = out - 1;
 }
 
 // Σ w[window] over the windows containing input (y, xx) (= q in the plane) whose first maximum

@@ -25,11 +25,23 @@ void channel_sumsq(const float* x, int64_t channels, int64_t hw, int64_t begin, 
 
 }  // namespace
 
+std::string normgrad_mode(const std::string& name, NormGradMode& mode) {
+  if (name == "identity") mode = NormGradMode::Identity;
+  else if (name == "conv") mode = NormGradMode::Conv;
+  else if (name == "selective") mode = NormGradMode::Selective;
+  else return "NormGrad: mode must be identity, conv or selective, not '" + name + "'.";
+  return "";
+}
+
 std::string normgrad_check(const int64_t g_shape[4], const int64_t a_shape[4],
                            const ConvGeometry& geo, NormGradMode mode) {
-  for (int i = 0; i < 4; ++i) {
-    if (g_shape[i] < 0 || a_shape[i] < 0) return "NormGrad: shapes must be non-negative.";
+  if (mode != NormGradMode::Identity && mode != NormGradMode::Conv &&
+      mode != NormGradMode::Selective) {
+    return "NormGrad: mode must be identity, conv or selective.";
   }
+  std::string err = check_shape("NormGrad", "g", g_shape);
+  if (err.empty()) err = check_shape("NormGrad", "a", a_shape);
+  if (!err.empty()) return err;
   if (g_shape[0] != a_shape[0]) return "NormGrad: g and a have different batch sizes.";
   if (mode != NormGradMode::Conv) {
     for (int i = 1; i < 4; ++i) {
@@ -37,7 +49,7 @@ std::string normgrad_check(const int64_t g_shape[4], const int64_t a_shape[4],
         return "NormGrad: in identity and selective modes g and a must have the same shape.";
       }
     }
-    return "";
+    return check_attributes("NormGrad", geo);
   }
   return check_geometry("NormGrad", geo, a_shape[2], a_shape[3], g_shape[2], g_shape[3]);
 }
@@ -48,6 +60,11 @@ void normgrad_cpu(const float* g, const int64_t g_shape[4], const float* a,
   const int64_t N = g_shape[0], K = g_shape[1], Ho = g_shape[2], Wo = g_shape[3];
   const int64_t C = a_shape[1], H = a_shape[2], W = a_shape[3];
   const int64_t out_hw = Ho * Wo, in_hw = H * W;
+  if (N * out_hw == 0) return;
+  if (K == 0 || C * in_hw == 0) {  // an empty g or a: every norm is 0
+    std::fill(out, out + N * out_hw, 0.0f);
+    return;
+  }
 
   if (mode != NormGradMode::Conv) {  // one pass over both tensors, blocked over space
     const int64_t nb = blocks(out_hw);
@@ -109,21 +126,21 @@ void normgrad_cpu(const float* g, const int64_t g_shape[4], const float* a,
       }
     }
   });
+  // the taps inside a, per output column (per output row below): loops bounded by a's size
+  const int64_t dh = geo.dilations[0], dw = geo.dilations[1];
+  const std::vector<Window> cols = windows_along(Wo, W, geo.kernel[1], geo.strides[1], geo.pads[1], dw);
   parallel.run(N * Ho, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / Ho, oy = t % Ho;
       const float* an = asq.data() + n * in_hw;
       const float* gn = gsq.data() + n * out_hw;
+      const Window row = window_at(oy, H, geo.kernel[0], geo.strides[0], geo.pads[0], dh);
       for (int64_t ox = 0; ox < Wo; ++ox) {
+        const Window& col = cols[static_cast<size_t>(ox)];
         float patch = 0.0f;
-        for (int64_t ky = 0; ky < geo.kernel[0]; ++ky) {
-          const int64_t y = oy * geo.strides[0] - geo.pads[0] + ky * geo.dilations[0];
-          if (y < 0 || y >= H) continue;
-          for (int64_t kx = 0; kx < geo.kernel[1]; ++kx) {
-            const int64_t x = ox * geo.strides[1] - geo.pads[1] + kx * geo.dilations[1];
-            if (x < 0 || x >= W) continue;
-            patch += an[y * W + x];
-          }
+        for (int64_t ky = row.lo; ky < row.hi; ++ky) {
+          const float* line = an + (row.start + ky * dh) * W;
+          for (int64_t kx = col.lo; kx < col.hi; ++kx) patch += line[col.start + kx * dw];
         }
         out[n * out_hw + oy * Wo + ox] = std::sqrt(gn[oy * Wo + ox]) * std::sqrt(patch);
       }

@@ -49,14 +49,13 @@ __global__ void patch_kernel(const float* g, const float* asq, int64_t N, int64_
     float gs = 0.f;
     for (int64_t k = 0; k < K; ++k) gs += gn[k * out_hw] * gn[k * out_hw];
     const float* an = asq + n * H * W;
-    float patch = 0.f;
-    for (int64_t ky = 0; ky < geo.kernel[0]; ++ky) {
-      const int64_t y = oy * geo.strides[0] - geo.pads[0] + ky * geo.dilations[0];
-      if (y < 0 || y >= H) continue;
-      for (int64_t kx = 0; kx < geo.kernel[1]; ++kx) {
-        const int64_t x = ox * geo.strides[1] - geo.pads[1] + kx * geo.dilations[1];
-        if (x >= 0 && x < W) patch += an[y * W + x];
-      }
+    const int64_t dh = geo.dilations[0], dw = geo.dilations[1];
+    const Window row = window_at(oy, H, geo.kernel[0], geo.strides[0], geo.pads[0], dh);
+    const Window col = window_at(ox, W, geo.kernel[1], geo.strides[1], geo.pads[1], dw);
+    float patch = 0.f;  // the taps inside a only: bounded by a's size, whatever the kernel's
+    for (int64_t ky = row.lo; ky < row.hi; ++ky) {
+      const float* line = an + (row.start + ky * dh) * W;
+      for (int64_t kx = col.lo; kx < col.hi; ++kx) patch += line[col.start + kx * dw];
     }
     out[t] = sqrtf(gs) * sqrtf(patch);
   }
@@ -71,6 +70,9 @@ std::string normgrad_cuda(const float* g, const int64_t g_shape[4], const float*
   const int64_t N = g_shape[0], K = g_shape[1], Ho = g_shape[2], Wo = g_shape[3];
   const int64_t C = a_shape[1], H = a_shape[2], W = a_shape[3];
   if (N * Ho * Wo == 0) return "";
+  if (K == 0 || C * H * W == 0) {  // an empty g or a: every norm is 0
+    return cuda_error("NormGrad", cudaMemsetAsync(out, 0, sizeof(float) * N * Ho * Wo, stream));
+  }
   if (mode != NormGradMode::Conv) {
     pointwise_kernel<<<grid_for(N * Ho * Wo), kThreads, 0, stream>>>(
         g, a, N, K, Ho * Wo, mode == NormGradMode::Selective, out);

@@ -21,11 +21,15 @@ namespace onnx_saliency {
 
 enum class NormGradMode { Identity = 0, Conv = 1, Selective = 2 };
 
-// Checks shapes and geometry; returns an empty string when valid, else one sentence.
+// The mode named `name` ("identity", "conv" or "selective"); "" or one sentence.
+std::string normgrad_mode(const std::string& name, NormGradMode& mode);
+
+// Checks mode, shapes and geometry (bounded in every mode); "" when valid, else one sentence.
 std::string normgrad_check(const int64_t g_shape[4], const int64_t a_shape[4],
                            const ConvGeometry& geo, NormGradMode mode);
 
-// Computes the map on the CPU; call normgrad_check first. Loops run on `parallel`.
+// Computes the map on the CPU; call normgrad_check first. Loops run on `parallel`; an empty g or a
+// gives zeros.
 void normgrad_cpu(const float* g, const int64_t g_shape[4], const float* a,
                   const int64_t a_shape[4], const ConvGeometry& geo, NormGradMode mode,
                   float* out, const Parallel& parallel = ThreadParallel());

@@ -5,7 +5,10 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <exception>
 #include <functional>
+#include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -20,6 +23,27 @@ class Parallel {
   virtual void run(int64_t total, const RangeBody& body) const = 0;
 };
 
+// Runs bodies on any thread and keeps the first exception one throws (an exception leaving a
+// worker thread would end the process); rethrow() hands it to the calling thread.
+class FirstError {
+ public:
+  void run(const RangeBody& body, int64_t begin, int64_t end) noexcept {
+    try {
+      body(begin, end);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!error_) error_ = std::current_exception();
+    }
+  }
+  void rethrow() const {
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  std::mutex mutex_;
+  std::exception_ptr error_;
+};
+
 // std::thread implementation: contiguous chunks, one per thread; `threads` <= 0 uses every core.
 class ThreadParallel final : public Parallel {
  public:
@@ -32,15 +56,23 @@ class ThreadParallel final : public Parallel {
       body(0, total);
       return;
     }
+    FirstError first;
+    auto part = [&](int64_t begin, int64_t end) { first.run(body, begin, end); };
     std::vector<std::thread> pool;
     pool.reserve(static_cast<size_t>(n - 1));
     const int64_t chunk = (total + n - 1) / n;
     for (int64_t t = 1; t < n; ++t) {
       const int64_t begin = t * chunk, end = std::min(total, begin + chunk);
-      if (begin < end) pool.emplace_back(body, begin, end);
+      if (begin >= end) continue;
+      try {
+        pool.emplace_back(part, begin, end);
+      } catch (const std::system_error&) {  // no thread to be had: run it here
+        part(begin, end);
+      }
     }
-    body(0, std::min(total, chunk));
+    part(0, std::min(total, chunk));
     for (auto& th : pool) th.join();
+    first.rethrow();
   }
 
  private:

@@ -33,14 +33,13 @@ __global__ void ratio_kernel(const float* g, const float* z, const float* abs_su
     float s = 0.f;
     for (int64_t k = 0; k < Kg; ++k) s += g[base + k * out_hw] * z[base + k * out_hw];
     const float* as = abs_sum + ng * in_hw;
-    float den = 0.f;
-    for (int64_t ky = 0; ky < geo.kernel[0]; ++ky) {
-      const int64_t y = oy * geo.strides[0] - geo.pads[0] + ky * geo.dilations[0];
-      if (y < 0 || y >= d.H) continue;
-      for (int64_t kx = 0; kx < geo.kernel[1]; ++kx) {
-        const int64_t x = ox * geo.strides[1] - geo.pads[1] + kx * geo.dilations[1];
-        if (x >= 0 && x < d.W) den += as[y * d.W + x];
-      }
+    const int64_t dh = geo.dilations[0], dw = geo.dilations[1];
+    const Window row = window_at(oy, d.H, geo.kernel[0], geo.strides[0], geo.pads[0], dh);
+    const Window col = window_at(ox, d.W, geo.kernel[1], geo.strides[1], geo.pads[1], dw);
+    float den = 0.f;  // the taps inside a only: bounded by a's size, whatever the kernel's
+    for (int64_t ky = row.lo; ky < row.hi; ++ky) {
+      const float* line = as + (row.start + ky * dh) * d.W;
+      for (int64_t kx = col.lo; kx < col.hi; ++kx) den += line[col.start + kx * dw];
     }
     ratio[t] = s / (den + epsilon);
   }
@@ -54,14 +53,16 @@ __global__ void spread_kernel(const float* a, const float* ratio, Dims d, ConvGe
     const int64_t ng = t / in_hw, q = t % in_hw, n = ng / d.G, j = ng % d.G;
     const int64_t y = q / d.W, x = q % d.W;
     const float* r = ratio + ng * out_hw;
+    // the windows with a tap on (y, x), by ascending tap: at most Ho · Wo candidates
+    const int64_t sh = geo.strides[0], sw = geo.strides[1], ph = geo.pads[0], pw = geo.pads[1];
+    int64_t oy0, oy1, ox0, ox1;
+    windows_covering(y, geo.kernel[0], sh, ph, geo.dilations[0], d.Ho, oy0, oy1);
+    windows_covering(x, geo.kernel[1], sw, pw, geo.dilations[1], d.Wo, ox0, ox1);
     float acc = 0.f;
-    for (int64_t ky = 0; ky < geo.kernel[0]; ++ky) {
-      const int64_t ny = y + geo.pads[0] - ky * geo.dilations[0];
-      if (ny < 0 || ny % geo.strides[0] != 0 || ny / geo.strides[0] >= d.Ho) continue;
-      for (int64_t kx = 0; kx < geo.kernel[1]; ++kx) {
-        const int64_t nx = x + geo.pads[1] - kx * geo.dilations[1];
-        if (nx < 0 || nx % geo.strides[1] != 0 || nx / geo.strides[1] >= d.Wo) continue;
-        acc += r[(ny / geo.strides[0]) * d.Wo + nx / geo.strides[1]];
+    for (int64_t oy = oy1; oy >= oy0; --oy) {
+      if ((y + ph - oy * sh) % geo.dilations[0] != 0) continue;
+      for (int64_t ox = ox1; ox >= ox0; --ox) {
+        if ((x + pw - ox * sw) % geo.dilations[1] == 0) acc += r[oy * d.Wo + ox];
       }
     }
     const int64_t base = (n * d.C + j * Cg) * in_hw + q;
@@ -82,8 +83,12 @@ std::string rectified_conv_transpose_cuda(const float* g, const float* z,
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   const Dims d{g_shape[0], g_shape[1], g_shape[2], g_shape[3],
                a_shape[1], a_shape[2], a_shape[3], group};
-  const int64_t in_n = d.N * d.G * d.H * d.W, out_n = d.N * d.G * d.Ho * d.Wo;
   if (d.N * d.C * d.H * d.W == 0) return "";
+  if (d.K * d.Ho * d.Wo == 0) {  // no output channel: S = 0
+    return cuda_error("RectifiedConvTranspose",
+                      cudaMemsetAsync(out, 0, sizeof(float) * d.N * d.C * d.H * d.W, stream));
+  }
+  const int64_t in_n = d.N * d.G * d.H * d.W, out_n = d.N * d.G * d.Ho * d.Wo;
   float* scratch = nullptr;
   cudaError_t err = cudaMallocAsync(reinterpret_cast<void**>(&scratch),
                                     sizeof(float) * static_cast<size_t>(in_n + out_n), stream);

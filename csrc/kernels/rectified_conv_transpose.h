@@ -22,12 +22,12 @@
 
 namespace onnx_saliency {
 
-// Checks shapes, group and geometry; returns an empty string when valid, else one sentence.
+// Checks shapes, group, epsilon and geometry; "" when valid, else one sentence.
 std::string rectified_conv_transpose_check(const int64_t g_shape[4], const int64_t z_shape[4],
                                            const int64_t a_shape[4], const ConvGeometry& geo,
-                                           int64_t group);
+                                           int64_t group, float epsilon);
 
-// Computes out on the CPU; call the check first. Loops run on `parallel`.
+// Computes out on the CPU; call the check first. Loops run on `parallel`; an empty g gives zeros.
 void rectified_conv_transpose_cpu(const float* g, const float* z, const int64_t g_shape[4],
                                   const float* a, const int64_t a_shape[4],
                                   const ConvGeometry& geo, int64_t group, float epsilon,

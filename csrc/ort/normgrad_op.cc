@@ -48,14 +48,12 @@ struct NormGradOp
     : FloatOp<NormGradOp<Cuda>, NormGradKernel<Cuda>, Cuda, 2> {
   OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
     return guarded(kOp, [&]() -> OrtStatusPtr {
-      const std::string mode = string_attr(info, "mode", "identity");
+      std::string mode = "identity";
       NormGradMode m;
-      if (mode == "identity") m = NormGradMode::Identity;
-      else if (mode == "conv") m = NormGradMode::Conv;
-      else if (mode == "selective") m = NormGradMode::Selective;
-      else return error("NormGrad: mode must be identity, conv or selective, not '" + mode + "'.");
       ConvGeometry geo;
-      const std::string err = read_geometry(kOp, info, geo);
+      std::string err = read_attr(info, kOp, "mode", mode);
+      if (err.empty()) err = normgrad_mode(mode, m);
+      if (err.empty()) err = read_geometry(kOp, info, geo);
       if (!err.empty()) return error(err);
       *kernel = new NormGradKernel<Cuda>{m, geo};
       return nullptr;

@@ -10,83 +10,100 @@ namespace onnx_saliency::ort {
 
 namespace {
 
-// True when the C API call succeeded; a failure status (the attribute is absent) is released.
+// True when the C API call succeeded; a failure status (attribute absent, or of another type)
+// is released.
 bool ok(OrtStatus* status) {
   if (status == nullptr) return true;
   Ort::GetApi().ReleaseStatus(status);
   return false;
 }
 
-}  // namespace
-
-std::vector<int64_t> ints_attr(const OrtKernelInfo* info, const char* name,
-                               std::vector<int64_t> fallback) {
+// Whether attribute `name` is set under any of the types these ops read, or as a float list.
+bool is_set(const OrtKernelInfo* info, const char* name) {
   const OrtApi& api = Ort::GetApi();
+  int64_t i;
+  float f;
   size_t size = 0;
-  if (!ok(api.KernelInfoGetAttributeArray_int64(info, name, nullptr, &size))) return fallback;
-  std::vector<int64_t> out(size);
-  if (size == 0) return out;
-  if (!ok(api.KernelInfoGetAttributeArray_int64(info, name, out.data(), &size))) return fallback;
-  return out;
+  return ok(api.KernelInfoGetAttribute_int64(info, name, &i)) ||
+         ok(api.KernelInfoGetAttribute_float(info, name, &f)) ||
+         ok(api.KernelInfoGetAttribute_string(info, name, nullptr, &size)) ||
+         ok(api.KernelInfoGetAttributeArray_int64(info, name, nullptr, &size)) ||
+         ok(api.KernelInfoGetAttributeArray_float(info, name, nullptr, &size));
 }
 
-int64_t int_attr(const OrtKernelInfo* info, const char* name, int64_t fallback) {
-  int64_t value = fallback;
-  return ok(Ort::GetApi().KernelInfoGetAttribute_int64(info, name, &value)) ? value : fallback;
-}
-
-float float_attr(const OrtKernelInfo* info, const char* name, float fallback) {
-  float value = fallback;
-  return ok(Ort::GetApi().KernelInfoGetAttribute_float(info, name, &value)) ? value : fallback;
-}
-
-std::string string_attr(const OrtKernelInfo* info, const char* name, std::string fallback) {
-  const OrtApi& api = Ort::GetApi();
-  size_t size = 0;
-  if (!ok(api.KernelInfoGetAttribute_string(info, name, nullptr, &size))) return fallback;
-  std::string out(size, '\0');
-  if (!ok(api.KernelInfoGetAttribute_string(info, name, out.data(), &size))) return fallback;
-  out.resize(size > 0 ? size - 1 : 0);  // size counts the terminating NUL
-  return out;
-}
-
-namespace {
-
-std::string fill_geometry(const char* op, const std::vector<int64_t>& kernel,
-                          const std::vector<int64_t>& strides, const std::vector<int64_t>& pads,
-                          const std::vector<int64_t>& dilations, ConvGeometry& geo) {
-  if (kernel.size() != 2 || strides.size() != 2 || pads.size() != 4 || dilations.size() != 2) {
-    return std::string(op) +
-           ": kernel_shape, strides and dilations need 2 values and pads 4 (2-D convolutions only).";
-  }
-  for (int i = 0; i < 2; ++i) {
-    geo.kernel[i] = kernel[i];
-    geo.strides[i] = strides[i];
-    geo.dilations[i] = dilations[i];
-  }
-  for (int i = 0; i < 4; ++i) geo.pads[i] = pads[i];
-  return "";
+// "" when `read` succeeded or the attribute is absent, else the wrong-type sentence.
+std::string typed(bool read, const OrtKernelInfo* info, const char* op, const char* name,
+                  const char* type) {
+  if (read || !is_set(info, name)) return "";
+  return std::string(op) + ": attribute " + name + " must be " + type + ".";
 }
 
 }  // namespace
+
+std::string read_attr(const OrtKernelInfo* info, const char* op, const char* name,
+                      int64_t& value) {
+  int64_t v = 0;
+  const bool read = ok(Ort::GetApi().KernelInfoGetAttribute_int64(info, name, &v));
+  if (read) value = v;
+  return typed(read, info, op, name, "an int");
+}
+
+std::string read_attr(const OrtKernelInfo* info, const char* op, const char* name, float& value) {
+  float v = 0;
+  const bool read = ok(Ort::GetApi().KernelInfoGetAttribute_float(info, name, &v));
+  if (read) value = v;
+  return typed(read, info, op, name, "a float");
+}
+
+std::string read_attr(const OrtKernelInfo* info, const char* op, const char* name,
+                      std::string& value) {
+  const OrtApi& api = Ort::GetApi();
+  size_t size = 0;
+  bool read = ok(api.KernelInfoGetAttribute_string(info, name, nullptr, &size));
+  if (read) {
+    std::string v(size, '\0');
+    read = ok(api.KernelInfoGetAttribute_string(info, name, v.data(), &size));
+    v.resize(size > 0 ? size - 1 : 0);  // size counts the terminating NUL
+    if (read) value = v;
+  }
+  return typed(read, info, op, name, "a string");
+}
+
+std::string read_attr(const OrtKernelInfo* info, const char* op, const char* name,
+                      std::vector<int64_t>& value) {
+  const OrtApi& api = Ort::GetApi();
+  size_t size = 0, floats = 0;
+  bool read = ok(api.KernelInfoGetAttributeArray_int64(info, name, nullptr, &size));
+  if (read && size == 0) {  // ORT reads a list of another type as an empty list of ints
+    read = !ok(api.KernelInfoGetAttributeArray_float(info, name, nullptr, &floats)) || floats == 0;
+  }
+  if (read) {
+    std::vector<int64_t> v(size);
+    read = size == 0 || ok(api.KernelInfoGetAttributeArray_int64(info, name, v.data(), &size));
+    if (read) value = v;
+  }
+  return typed(read, info, op, name, "a list of ints");
+}
 
 std::string read_geometry(const char* op, const OrtKernelInfo* info, ConvGeometry& geo) {
-  return fill_geometry(op, ints_attr(info, "kernel_shape", {1, 1}),
-                       ints_attr(info, "strides", {1, 1}), ints_attr(info, "pads", {0, 0, 0, 0}),
-                       ints_attr(info, "dilations", {1, 1}), geo);
-}
-
-std::string read_geometry(const char* op, Ort::ShapeInferContext& ctx, ConvGeometry& geo) {
-  auto get = [&ctx](const char* name, std::vector<int64_t> fallback) {
-    try {
-      auto v = ctx.GetAttrInts(name);
-      return v.empty() ? fallback : v;
-    } catch (const Ort::Exception&) {
-      return fallback;
-    }
+  struct List {
+    const char* name;
+    int64_t* dst;
+    std::vector<int64_t> value;  // the default
   };
-  return fill_geometry(op, get("kernel_shape", {1, 1}), get("strides", {1, 1}),
-                       get("pads", {0, 0, 0, 0}), get("dilations", {1, 1}), geo);
+  for (List list : {List{"kernel_shape", geo.kernel, {1, 1}}, List{"strides", geo.strides, {1, 1}},
+                    List{"pads", geo.pads, {0, 0, 0, 0}},
+                    List{"dilations", geo.dilations, {1, 1}}}) {
+    const size_t want = list.value.size();
+    const std::string err = read_attr(info, op, list.name, list.value);
+    if (!err.empty()) return err;
+    if (list.value.size() != want) {
+      return std::string(op) + ": attribute " + list.name + " needs " + std::to_string(want) +
+             " values (2-D only), got " + std::to_string(list.value.size()) + ".";
+    }
+    std::copy(list.value.begin(), list.value.end(), list.dst);
+  }
+  return check_attributes(op, geo);
 }
 
 Ort::ShapeInferContext::Shape unknown_dims_as_symbols(const Ort::ShapeInferContext::Shape& shape) {
@@ -111,15 +128,17 @@ void OrtParallel::run(int64_t total, const RangeBody& body) const {
   struct Payload {
     const RangeBody* body;
     int64_t total, chunks;
+    FirstError first;  // an exception must not leave ORT's worker threads
   };
-  Payload payload{&body, total, std::min<int64_t>(total, 64)};
+  Payload payload{&body, total, std::min<int64_t>(total, 64), {}};
   auto chunk = [](void* data, size_t i) {
-    const auto* p = static_cast<const Payload*>(data);
+    auto* p = static_cast<Payload*>(data);
     const int64_t begin = p->total * static_cast<int64_t>(i) / p->chunks;
     const int64_t end = p->total * (static_cast<int64_t>(i) + 1) / p->chunks;
-    if (begin < end) (*p->body)(begin, end);
+    if (begin < end) p->first.run(*p->body, begin, end);
   };
   ctx_.ParallelFor(chunk, static_cast<size_t>(payload.chunks), 0, &payload);
+  payload.first.rethrow();
 }
 
 bool float4d(const Ort::ConstValue& value, const char* op, const char* what,

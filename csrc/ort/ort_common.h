@@ -26,22 +26,22 @@ inline OrtStatusPtr failure(const std::string& msg) {
   return Ort::GetApi().CreateStatus(ORT_FAIL, msg.c_str());
 }
 
-// An int64 list attribute, or `fallback` when absent.
-std::vector<int64_t> ints_attr(const OrtKernelInfo* info, const char* name,
-                               std::vector<int64_t> fallback);
-int64_t int_attr(const OrtKernelInfo* info, const char* name, int64_t fallback);
-float float_attr(const OrtKernelInfo* info, const char* name, float fallback);
-std::string string_attr(const OrtKernelInfo* info, const char* name, std::string fallback);
+// Typed attribute readers: `value` keeps its default when attribute `name` is absent; returns ""
+// or, when it is set with another type, one sentence naming `op` and the attribute.
+std::string read_attr(const OrtKernelInfo* info, const char* op, const char* name, int64_t& value);
+std::string read_attr(const OrtKernelInfo* info, const char* op, const char* name, float& value);
+std::string read_attr(const OrtKernelInfo* info, const char* op, const char* name,
+                      std::string& value);
+std::string read_attr(const OrtKernelInfo* info, const char* op, const char* name,
+                      std::vector<int64_t>& value);
 
-// Fills a geometry from kernel_shape/strides/pads/dilations; returns "" or one sentence.
+// Fills a geometry from kernel_shape/strides/pads/dilations and checks it (check_attributes);
+// returns "" or one sentence.
 std::string read_geometry(const char* op, const OrtKernelInfo* info, ConvGeometry& geo);
 
 // The shape of input `i` if it is a 4-D float32 tensor, else an error sentence in `err`.
 bool float4d(const Ort::ConstValue& value, const char* op, const char* what,
              std::vector<int64_t>& shape, std::string& err);
-
-// Same geometry attributes read during shape inference (ORT >= 1.16 shape-inference API).
-std::string read_geometry(const char* op, Ort::ShapeInferContext& ctx, ConvGeometry& geo);
 
 // A shape for ShapeInferContext::SetOutputShape with every unknown dimension (reported by ORT as
 // int -1) replaced by a fresh symbol: an int -1 would be taken as a real size by later passes.

@@ -28,7 +28,7 @@ struct RectifiedConvTransposeKernel {
           !float4d(ctx.GetInput(2), kOp, "a", as, err)) {
         return error(err);
       }
-      err = rectified_conv_transpose_check(gs.data(), zs.data(), as.data(), geo, group);
+      err = rectified_conv_transpose_check(gs.data(), zs.data(), as.data(), geo, group, epsilon);
       if (!err.empty()) return error(err);
       auto out = ctx.GetOutput(0, as);
       const float* g = ctx.GetInput(0).GetTensorData<float>();
@@ -54,11 +54,14 @@ struct RectifiedConvTransposeOp
   OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
     return guarded(kOp, [&]() -> OrtStatusPtr {
       ConvGeometry geo;
-      const std::string err = read_geometry(kOp, info, geo);
+      int64_t group = 1;
+      float eps = 1e-10f;
+      std::string err = read_geometry(kOp, info, geo);
+      if (err.empty()) err = read_attr(info, kOp, "group", group);
+      if (err.empty()) err = check_attribute(kOp, "group", group, 1);
+      if (err.empty()) err = read_attr(info, kOp, "epsilon", eps);
+      if (err.empty()) err = check_epsilon(kOp, eps);
       if (!err.empty()) return error(err);
-      const int64_t group = int_attr(info, "group", 1);
-      if (group < 1) return error("RectifiedConvTranspose: group must be positive.");
-      const float eps = float_attr(info, "epsilon", 1e-10f);
       *kernel = new RectifiedConvTransposeKernel<Cuda>{geo, group, eps};
       return nullptr;
     });

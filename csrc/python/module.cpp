@@ -41,20 +41,23 @@ FloatArray as_float32(const py::array& x, const char* what) {
 }
 
 template <size_t N>
-void fill(int64_t* dst, const std::vector<int64_t>& src, const char* what) {
+void fill(int64_t* dst, const std::vector<int64_t>& src, const char* op, const char* what) {
   if (src.size() != N) {
-    throw py::value_error(std::string(what) + " must have " + std::to_string(N) + " values.");
+    throw py::value_error(std::string(op) + ": " + what + " must have " + std::to_string(N) +
+                          " values.");
   }
   for (size_t i = 0; i < N; ++i) dst[i] = src[i];
 }
 
-ConvGeometry geometry(const std::vector<int64_t>& kernel_shape, const std::vector<int64_t>& strides,
-                      const std::vector<int64_t>& pads, const std::vector<int64_t>& dilations) {
+// The geometry attributes (values checked by the op's check).
+ConvGeometry geometry(const char* op, const std::vector<int64_t>& kernel_shape,
+                      const std::vector<int64_t>& strides, const std::vector<int64_t>& pads,
+                      const std::vector<int64_t>& dilations) {
   ConvGeometry geo;
-  fill<2>(geo.kernel, kernel_shape, "kernel_shape");
-  fill<2>(geo.strides, strides, "strides");
-  fill<4>(geo.pads, pads, "pads");
-  fill<2>(geo.dilations, dilations, "dilations");
+  fill<2>(geo.kernel, kernel_shape, op, "kernel_shape");
+  fill<2>(geo.strides, strides, op, "strides");
+  fill<4>(geo.pads, pads, op, "pads");
+  fill<2>(geo.dilations, dilations, op, "dilations");
   return geo;
 }
 
@@ -65,12 +68,9 @@ FloatArray normgrad(const py::array& g_in, const py::array& a_in, const std::str
   FloatArray g = as_float32(g_in, "g"), a = as_float32(a_in, "a");
   auto gs = shape4(g, "g"), as = shape4(a, "a");
   onnx_saliency::NormGradMode m;
-  if (mode == "identity") m = onnx_saliency::NormGradMode::Identity;
-  else if (mode == "conv") m = onnx_saliency::NormGradMode::Conv;
-  else if (mode == "selective") m = onnx_saliency::NormGradMode::Selective;
-  else throw py::value_error("mode must be 'identity', 'conv' or 'selective', not '" + mode + "'.");
-  ConvGeometry geo = geometry(kernel_shape, strides, pads, dilations);
-  std::string err = onnx_saliency::normgrad_check(gs.data(), as.data(), geo, m);
+  ConvGeometry geo = geometry("NormGrad", kernel_shape, strides, pads, dilations);
+  std::string err = onnx_saliency::normgrad_mode(mode, m);
+  if (err.empty()) err = onnx_saliency::normgrad_check(gs.data(), as.data(), geo, m);
   if (!err.empty()) throw py::value_error(err);
   FloatArray out({gs[0], int64_t{1}, gs[2], gs[3]});
   const float* gp = g.data();
@@ -92,9 +92,9 @@ FloatArray rectified_conv_transpose(const py::array& g_in, const py::array& z_in
                                     float epsilon, int threads) {
   FloatArray g = as_float32(g_in, "g"), z = as_float32(z_in, "z"), a = as_float32(a_in, "a");
   auto gs = shape4(g, "g"), zs = shape4(z, "z"), as = shape4(a, "a");
-  ConvGeometry geo = geometry(kernel_shape, strides, pads, dilations);
-  std::string err =
-      onnx_saliency::rectified_conv_transpose_check(gs.data(), zs.data(), as.data(), geo, group);
+  ConvGeometry geo = geometry("RectifiedConvTranspose", kernel_shape, strides, pads, dilations);
+  std::string err = onnx_saliency::rectified_conv_transpose_check(gs.data(), zs.data(), as.data(),
+                                                                  geo, group, epsilon);
   if (!err.empty()) throw py::value_error(err);
   FloatArray out({as[0], as[1], as[2], as[3]});
   const float* gp = g.data();
@@ -119,7 +119,8 @@ FloatArray max_pool_backward(const py::array& x_in, const py::array& g_in,
   const char* second = Relevance ? "s" : "g";
   FloatArray x = as_float32(x_in, "x"), g = as_float32(g_in, second);
   auto xs = shape4(x, "x"), gs = shape4(g, second);
-  ConvGeometry geo = geometry(kernel_shape, strides, pads, dilations);
+  ConvGeometry geo = geometry(Relevance ? "MaxPoolRelevance" : "MaxPoolGradient", kernel_shape,
+                              strides, pads, dilations);
   std::string err = Relevance ? onnx_saliency::max_pool_relevance_check(xs.data(), gs.data(), geo)
                               : onnx_saliency::max_pool_gradient_check(xs.data(), gs.data(), geo);
   if (!err.empty()) throw py::value_error(err);

@@ -37,7 +37,7 @@ int main() {
           const int64_t Ho = conv_out_size(H, k, s, p, p, 1), Wo = conv_out_size(W, k, s, p, p, 1);
           if (Ho < 1 || Wo < 1) continue;
           int64_t gs[4] = {N, K, Ho, Wo}, as[4] = {N, C, H, W};
-          EXPECT(rectified_conv_transpose_check(gs, gs, as, geo, group).empty());
+          EXPECT(rectified_conv_transpose_check(gs, gs, as, geo, group, 1e-10f).empty());
           std::vector<float> g(N * K * Ho * Wo), z(g.size()), a(N * C * H * W), out(a.size());
           for (auto& v : g) v = normal(rng);
           for (auto& v : z) v = normal(rng);
@@ -126,10 +126,10 @@ int main() {
   ConvGeometry geo;
   geo.kernel[0] = geo.kernel[1] = 3;
   int64_t g4[4] = {1, 2, 5, 5}, a4[4] = {1, 2, 5, 5}, z_bad[4] = {1, 3, 5, 5}, neg[4] = {1, -2, 5, 5};
-  EXPECT(!rectified_conv_transpose_check(g4, g4, a4, geo, 1).empty());  // 3x3 no pad: 3x3 out
-  EXPECT(!rectified_conv_transpose_check(g4, z_bad, a4, ConvGeometry{}, 1).empty());
-  EXPECT(!rectified_conv_transpose_check(g4, g4, a4, ConvGeometry{}, 3).empty());
-  EXPECT(!rectified_conv_transpose_check(neg, neg, a4, ConvGeometry{}, 1).empty());
+  EXPECT(!rectified_conv_transpose_check(g4, g4, a4, geo, 1, 1e-10f).empty());  // 3x3 no pad: 3x3 out
+  EXPECT(!rectified_conv_transpose_check(g4, z_bad, a4, ConvGeometry{}, 1, 1e-10f).empty());
+  EXPECT(!rectified_conv_transpose_check(g4, g4, a4, ConvGeometry{}, 3, 1e-10f).empty());
+  EXPECT(!rectified_conv_transpose_check(neg, neg, a4, ConvGeometry{}, 1, 1e-10f).empty());
   EXPECT(!normgrad_check(g4, neg, ConvGeometry{}, NormGradMode::Identity).empty());
   ConvGeometry zero_stride;
   zero_stride.strides[0] = 0;
@@ -144,6 +144,51 @@ int main() {
   EXPECT(max_pool_relevance_check(pool_x, pool_s, pool).empty());
   EXPECT(!max_pool_relevance_check(pool_x, pool_s2, pool).empty());
   EXPECT(!max_pool_relevance_check(pool_x, pool_sb, pool).empty());
+  // hostile attributes (issue #15): bounded, checked arithmetic, floor division, kernels larger
+  // than the padded input rejected
+  const int64_t big = int64_t{1} << 62, max64 = INT64_MAX;
+  EXPECT(conv_out_size(4, big, 1, 0, 0, 4) == -1);            // d·(k − 1) overflows
+  EXPECT(conv_out_size(4, 1, 1, max64, max64, 1) == -1);      // in + pads overflows
+  EXPECT(conv_out_size(2, 3, 2, 0, 0, 1) == -1);              // span −1: no output, not 1
+  EXPECT(conv_out_size(5, 3, 2, 0, 0, 1) == 2);
+  ConvGeometry huge_kernel;
+  huge_kernel.kernel[0] = big;
+  huge_kernel.dilations[0] = 4;
+  int64_t mp_x[4] = {1, 2, 4, 4}, mp_g[4] = {1, 2, 8, 4};
+  EXPECT(!max_pool_gradient_check(mp_x, mp_g, huge_kernel).empty());
+  int64_t ng_g[4] = {1, 2, 8, 4}, ng_a[4] = {1, 3, 4, 4};
+  EXPECT(!normgrad_check(ng_g, ng_a, huge_kernel, NormGradMode::Conv).empty());
+  EXPECT(!normgrad_check(g4, g4, huge_kernel, NormGradMode::Identity).empty());  // in every mode
+  EXPECT(!normgrad_check(g4, g4, ConvGeometry{}, static_cast<NormGradMode>(3)).empty());
+  ConvGeometry huge_pads;
+  for (auto& q : huge_pads.pads) q = max64;
+  int64_t a44[4] = {1, 1, 4, 4}, g22[4] = {1, 1, 2, 2};
+  EXPECT(!rectified_conv_transpose_check(g22, g22, a44, huge_pads, 1, 1e-10f).empty());
+  EXPECT(!rectified_conv_transpose_check(g4, g4, a4, ConvGeometry{}, 1, std::nanf("")).empty());
+  EXPECT(!rectified_conv_transpose_check(g4, g4, a4, ConvGeometry{}, 1, -1.0f).empty());
+  EXPECT(!rectified_conv_transpose_check(g4, g4, a4, ConvGeometry{}, big, 1e-10f).empty());
+  int64_t too_many[4] = {big, big, 1, 1}, empty_huge[4] = {0, big, big, 1};
+  EXPECT(!check_shape("op", "x", too_many).empty());
+  EXPECT(!check_shape("op", "x", empty_huge).empty());  // zeros count as one: H·W must fit too
+  // the largest valid attributes: taps inside the input only (2^62 taps before)
+  ConvGeometry widest;
+  for (int i = 0; i < 2; ++i) widest.kernel[i] = widest.strides[i] = kMaxAttribute;
+  for (auto& q : widest.pads) q = kMaxAttribute;
+  int64_t one[4] = {1, 1, 1, 1}, two[4] = {1, 1, 2, 2};
+  EXPECT(normgrad_check(two, one, widest, NormGradMode::Conv).empty());
+  EXPECT(rectified_conv_transpose_check(two, two, one, widest, 1, 0.0f).empty());
+  EXPECT(max_pool_gradient_check(one, two, widest).empty());
+  const Window w = taps_inside(-kMaxAttribute, kMaxAttribute, 1, 1);
+  EXPECT(w.lo == w.hi);  // the window stops one short of the input
+  const float ones[4] = {1, 1, 1, 1}, two_ones[1] = {2};
+  float ng_out[4], rct_out[1], mp_out[1];
+  normgrad_cpu(ones, two, two_ones, one, widest, NormGradMode::Conv, ng_out, ThreadParallel(2));
+  EXPECT(ng_out[0] == 0 && ng_out[1] == 0 && ng_out[2] == 0 && ng_out[3] == 2);
+  rectified_conv_transpose_cpu(ones, ones, two, two_ones, one, widest, 1, 0.0f, rct_out,
+                               ThreadParallel(2));
+  EXPECT(rct_out[0] == 0.5f);  // sign(2) · S/D = 1 · 1/2 from window (1, 1)
+  max_pool_gradient_cpu(two_ones, one, ones, two, widest, mp_out, ThreadParallel(2));
+  EXPECT(mp_out[0] == 1);
   // empty tensors are fine
   int64_t empty[4] = {0, 2, 5, 5};
   rectified_conv_transpose_cpu(nullptr, nullptr, empty, nullptr, empty, ConvGeometry{}, 1, 1e-10f,
