@@ -1,5 +1,6 @@
 """Excitation backprop against its probabilistic properties and a clean PyTorch reference of the
-equations in METHODS.md §1 (tolerance 1e-4 of the map's peak)."""
+equations in METHODS.md §1 (tolerance 1e-4 of the map's peak; the reference is pinned to the ORT
+graph's MaxPool argmaxes and ReLU zeros, conftest.pinned_decisions)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import onnx_saliency as osal
 from onnx_saliency import methods
 from onnx_saliency.runtime import make_session
 
-from conftest import export_torchvision
+from conftest import Decisions, export_torchvision, pinned_decisions
 
 
 def _small_net():
@@ -31,9 +32,11 @@ def _export(model, path, size):
                       dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
 
 
-def _torch_ebp(model, x, target, tap, negate_last=False):
+def _torch_ebp(model, x, target, tap, pins, negate_last=False):
     """EBP in PyTorch: conv2d/linear/avg_pool2d get autograd Functions whose backward is
-    p_in = x ⊙ f*(W⁺, p / f(x, W⁺)); ReLU passes p; MaxPool is autograd's argmax routing."""
+    p_in = x ⊙ f*(W⁺, p / f(x, W⁺)); ReLU passes p; MaxPool is autograd's argmax routing.
+    `pins`: ORT's decisions (the argmax, and which ReLU outputs are 0: a window of zeros makes
+    f(x, W⁺) = 0, where the ratio is taken as 0)."""
     import torch
     import torch.nn.functional as F
     from torch.overrides import TorchFunctionMode
@@ -93,7 +96,7 @@ def _torch_ebp(model, x, target, tap, negate_last=False):
         saved["t"] = output
 
     handle = tap.register_forward_hook(keep)
-    with Mode():
+    with Mode(), pinned_decisions(pins, model):   # the pins see each call first
         logits = model(torch.tensor(x, requires_grad=True))
     handle.remove()
     seed = torch.zeros_like(logits)
@@ -113,17 +116,21 @@ def test_ebp_and_cebp_match_pytorch_reference(tmp_path):
     tap = "/4/Relu_output_0"       # second ReLU, 8×8 grid
     graph = osal.backward_graph(path, [tap], rule="ebp")
     p = make_session(graph).run(None, {"input": x, "target": np.asarray(target)})[0]
-    ref = _torch_ebp(model, x, target, model[4])
+    pins = Decisions.from_ort(path, x, graph=graph, target=target)
+    ref = _torch_ebp(model, x, target, model[4], pins)
     assert np.abs(p - ref).max() <= 1e-4 * np.abs(ref).max()
 
-    maps = osal.Explainer(path, methods=[methods.EBP(at=tap), methods.ContrastiveEBP(at=tap)]
-                          ).explain(x, target)
+    ex = osal.Explainer(path, methods=[methods.EBP(at=tap), methods.ContrastiveEBP(at=tap)])
+    maps = ex.explain(x, target)
+    ex_pins = Decisions.from_ort(path, x, graph=ex.model, target=target)
+    if ex_pins != pins:       # the explainer's forward broke a near-tie the other way
+        pins, ref = ex_pins, _torch_ebp(model, x, target, model[4], ex_pins)
     up = lambda m: F.interpolate(torch.tensor(m)[:, None], size=(32, 32), mode="bilinear",
                                  align_corners=False)[:, 0].numpy()
     np.testing.assert_allclose(maps[f"ebp@{tap}"], up(ref.sum(1)), rtol=1e-4, atol=1e-6)
     # c-EBP: p⁺ − p⁻ at the classifier's input, walked on to the tap (the reference splits the
     # walk the same way: the difference is linear in the seed once the forward pass is fixed)
-    neg = _torch_ebp(model, x, target, model[4], negate_last=True)
+    neg = _torch_ebp(model, x, target, model[4], pins, negate_last=True)
     expected = np.maximum((ref - neg).sum(1), 0)
     np.testing.assert_allclose(maps[f"cebp@{tap}"], up(expected), rtol=1e-4,
                                atol=1e-6 * np.abs(expected).max())

@@ -1,5 +1,8 @@
 """NormGrad family, the extraction framework, multi-layer combination and class sensitivity,
-against PyTorch autograd, unfold and NumPy references (tolerance: 1e-4 of the map's peak)."""
+against PyTorch autograd, unfold and NumPy references (tolerance: 1e-4 of the map's peak).
+Every autograd reference is pinned to the ORT graph's decisions (ReLU masks, ReLU6 = Clip
+sides, MaxPool argmaxes: conftest.pinned_decisions); the NumPy references read ORT's own
+signals, so they share its decisions."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import onnx_saliency as osal
 from onnx_saliency import methods
 from onnx_saliency.metrics import class_sensitivity
 
-from conftest import export_torchvision
+from conftest import Decisions, export_torchvision, pinned_decisions
 
 TOL = 1e-4
 
@@ -24,8 +27,9 @@ def _close(ours, ref, tol=TOL):
     assert np.abs(ours - ref).max() <= tol * np.abs(ref).max(), np.abs(ours - ref).max() / np.abs(ref).max()
 
 
-def _torch_signals(model, module, x, target, take_input=False):
-    """(x at the module's output — or input —, ∂y_t/∂ that tensor) from autograd."""
+def _torch_signals(model, module, x, target, pins, take_input=False):
+    """(x at the module's output — or input —, ∂y_t/∂ that tensor) from autograd, the forward
+    pass pinned to `pins`."""
     import torch
     saved = {}
 
@@ -35,7 +39,8 @@ def _torch_signals(model, module, x, target, take_input=False):
         saved["x"] = t
 
     handle = module.register_forward_hook(hook)
-    logits = model(torch.tensor(x))
+    with pinned_decisions(pins, model):
+        logits = model(torch.tensor(x))
     handle.remove()
     seed = torch.zeros_like(logits)
     seed[torch.arange(len(x)), torch.as_tensor(target)] = 1
@@ -57,9 +62,10 @@ def test_normgrad_and_selective_match_autograd(tmp_path):
     path = tmp_path / "r18.onnx"
     model = export_torchvision("resnet18", path, 64)
     x, target = _images(2, 64), [3, 8]
-    maps = osal.Explainer(path, methods=["normgrad", "normgrad_selective"], layers=["layer3"]
-                          ).explain(x, target)
-    act, g = _torch_signals(model, model.layer3, x, target)
+    ex = osal.Explainer(path, methods=["normgrad", "normgrad_selective"], layers=["layer3"])
+    maps = ex.explain(x, target)
+    pins = Decisions.from_ort(path, x, graph=ex.model, target=target)
+    act, g = _torch_signals(model, model.layer3, x, target, pins)
     _close(maps["normgrad@layer3"], _upsample(np.linalg.norm(g, axis=1) * np.linalg.norm(act, axis=1), 64))
     _close(maps["normgrad_selective@layer3"], _upsample(np.linalg.norm(np.maximum(act * g, 0), axis=1), 64))
 
@@ -69,7 +75,8 @@ def test_normgrad_and_selective_match_autograd(tmp_path):
     with torch.no_grad():
         ident.weight.copy_(torch.eye(channels)[:, :, None, None])
     handle = model.layer3.register_forward_hook(lambda m, i, o: ident(o))
-    logits = model(torch.tensor(x))
+    with pinned_decisions(pins, model):
+        logits = model(torch.tensor(x))
     handle.remove()
     seed = torch.zeros_like(logits)
     seed[torch.arange(2), torch.as_tensor(target)] = 1
@@ -88,10 +95,12 @@ def test_normgrad_conv_matches_unfold_and_weight_gradient(tmp_path):
     model = export_torchvision("vgg11", path, 64)
     conv = model.features[8]
     x, target = _images(2, 64, seed=1), [1, 5]
-    maps = osal.Explainer(path, methods=[methods.NormGradConv(at="features.8")]).explain(x, target)
-    a, _ = _torch_signals(model, conv, x, target, take_input=True)
+    ex = osal.Explainer(path, methods=[methods.NormGradConv(at="features.8")])
+    maps = ex.explain(x, target)
+    pins = Decisions.from_ort(path, x, graph=ex.model, target=target)
+    a, _ = _torch_signals(model, conv, x, target, pins, take_input=True)
     model.zero_grad()
-    _, g = _torch_signals(model, conv, x, target)
+    _, g = _torch_signals(model, conv, x, target, pins)
     patches = F.unfold(torch.tensor(a), conv.kernel_size, padding=conv.padding,
                        stride=conv.stride).numpy()                      # [N, C·k·k, L]
     n, k_out, ho, wo = g.shape
@@ -271,11 +280,12 @@ def test_normgrad_conv_of_a_depthwise_conv(tmp_path):
     conv, bn = block[1][0], block[1][1]
     assert conv.groups == conv.in_channels > 1
     x, target = _images(2, 64, seed=8), [3, 1]
-    maps = osal.Explainer(path, methods=[methods.NormGradConv(at="features.2.conv.1.0")]
-                          ).explain(x, target)
-    a, _ = _torch_signals(model, conv, x, target, take_input=True)
+    ex = osal.Explainer(path, methods=[methods.NormGradConv(at="features.2.conv.1.0")])
+    maps = ex.explain(x, target)
+    pins = Decisions.from_ort(path, x, graph=ex.model, target=target)   # ReLU6 = Clip(0, 6)
+    a, _ = _torch_signals(model, conv, x, target, pins, take_input=True)
     model.zero_grad()
-    _, g = _torch_signals(model, bn, x, target)
+    _, g = _torch_signals(model, bn, x, target, pins)
     n, c, ho, wo = g.shape
     patches = F.unfold(torch.tensor(a), conv.kernel_size, padding=conv.padding,
                        stride=conv.stride).numpy().reshape(n, c, -1, ho * wo)
