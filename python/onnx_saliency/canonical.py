@@ -1,23 +1,23 @@
 """Load a model and bring it to the canonical form the reverse walk expects.
 
-Each pass is a function `ModelProto -> ModelProto` run in a fixed order by `canonicalize`:
+`canonicalize` reads the model (`load_model`: a path, bytes or a ModelProto; external data only
+from the model's own folder, names checked as UTF-8), loads what ONNX Runtime loads (`repair`:
+nodes out of order, stray value_info, initializers listed as inputs; one warning), then runs
+`PASSES` in order. Each pass takes one `Canonicalization` (the model, what was asked for, what
+the passes found out), rewrites the model and records its findings. What cannot be explained is
+refused with one sentence before anything large is allocated: a cycle or a dangling tensor, a
+model ONNX Runtime refuses, one whose forward pass would not fit in memory.
 
-1. every node gets a unique name (error messages and layer names need one).
-2. one output is kept, the explained one (`output=`, or the logits where the outputs are the
-   logits and their softmax); a trailing Softmax/LogSoftmax is bypassed so the seed sits on the
-   logits (with a warning).
-3. opset: opsets 11–22 are accepted; below 16 the model is converted to opset 17 (the scatter-add
-   the MaxPool rule needs exists from opset 16 on).
-4. Constant nodes become initializers.
-5. the batch dimension is made symbolic (`N`), including a fixed leading 1 in constant Reshape
-   shapes; whether that held is checked by running the model once with batch 2.
-6. shape inference, then constant folding of nodes whose inputs are all constant.
-
-Around them, what ONNX Runtime loads is loaded (`repair`: nodes out of order, stray value_info,
-initializers listed as inputs; names checked as UTF-8, external data only from the model's
-folder), and what cannot be explained is refused with one sentence before anything large is
-allocated: a cycle or a dangling tensor, a model ONNX Runtime refuses (`check_runtime_loads`),
-one whose forward pass would not fit in memory (`check_memory`).
+After the passes the model is canonical (`check_canonical` checks all but the folding, cheaply):
+- one runtime input, the image: float32, rank 4, dim 0 the batch symbol `N` (or, where the model
+  could not be made dynamic, the batch it is fixed to: `fixed_batch`);
+- one output, the explained one (float where its type is known), not made by a (Log)Softmax: the
+  seed sits on the logits (`output_name`; its name in the file is `original_output`);
+- default-domain opset 16 to 22 (files from opset 11 on are converted to 17);
+- every node named, no two alike; no Constant nodes (their values are initializers); nodes
+  whose inputs are all constant folded (where the ONNX reference evaluator runs them);
+- nodes in topological order, each tensor made once, and only the nodes the output needs;
+- value_info only for tensors of this graph: shape inference ran after the last rewrite.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -37,6 +38,7 @@ from .errors import ModelLoadError, UnsupportedOpError
 from .graph import opset_version
 
 MIN_OPSET, MAX_OPSET, CONVERT_TO = 11, 22, 17
+CONVERT_BELOW = 16   # the scatter-add the MaxPool rule needs exists from opset 16 on
 BATCH = "N"
 _NO_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
             "Bernoulli"}
@@ -46,13 +48,35 @@ ModelSource = str | os.PathLike | bytes | onnx.ModelProto
 
 @dataclass
 class CanonicalModel:
-    """The canonical model plus what the passes found out about it."""
+    """The canonical model (what holds of it: the module docstring) plus what the passes found
+    out about it."""
 
     model: onnx.ModelProto
     input_name: str
     output_name: str
     fixed_batch: int | None  # the batch size the model is stuck at, or None when dynamic
     original_output: str     # the output name before the Softmax bypass
+
+
+@dataclass
+class Canonicalization:
+    """A model on its way to canonical form: what was asked for, and what the passes have
+    found out so far (each finding is set by the pass named beside it)."""
+
+    model: onnx.ModelProto
+    layout: str = "NCHW"             # the image input's layout in the file: "NCHW" or "NHWC"
+    output: str | None = None        # the graph output to explain (None: choose_output decides)
+    original_output: str = ""        # choose_output: the explained output's name in the file
+    output_name: str = ""            # choose_output: the tensor the seed sits on (the logits)
+    input_name: str = ""             # find_image_input: the image input
+    fixed_batch: int | None = None   # make_batch_dynamic: the batch the model is stuck at
+
+
+Pass = Callable[[Canonicalization], None]   # rewrites state.model (in place, or replaces it)
+
+
+class NotCanonicalError(RuntimeError):
+    """The passes left a model that is not canonical: a bug in onnx-saliency, not the model's."""
 
 
 def load_model(source: ModelSource) -> onnx.ModelProto:
@@ -163,7 +187,6 @@ def _check_external(tensor: onnx.TensorProto, folder: Path) -> None:
     if offset < 0 or length < 0 or offset + length > file.stat().st_size:
         raise ModelLoadError(f"{where} at bytes {offset}..{offset + length}, past the end of "
                              f"that {file.stat().st_size}-byte file.")
-
 
 # one value per element in raw_data: the types whose size numpy gives
 _SIZED = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
@@ -314,145 +337,36 @@ def _sort_nodes(graph: onnx.GraphProto, provided: dict[str, str]) -> bool:
     return True
 
 
-def check_runtime_loads(model: onnx.ModelProto) -> None:
-    """ONNX Runtime is the judge of a well-formed model: it must build a session from the
-    skeleton (no optimisations, value_info dropped: they are hints). When it refuses, a node
-    whose op no ONNX Runtime kernel implements is named."""
-    import onnxruntime as ort
+# --- the passes, in the order they run --------------------------------------------------------
 
-    probe = skeleton(model)
-    del probe.graph.value_info[:]
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 4
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    try:
-        ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT's pybind exceptions share no public base class
-        _refuse_unknown_ops(model)
-        raise ModelLoadError(f"ONNX Runtime cannot load the model: {_first_line(exc)}") from None
-
-
-# domains ONNX Runtime (CPU) implements ops of; only consulted once it has refused a model
-_ORT_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc",
-                "com.microsoft.experimental", "ai.onnx.preview.training", "ai.onnx.training",
-                "org.pytorch.aten", "com.ms.internal.nhwc"}
-
-
-def _refuse_unknown_ops(model: onnx.ModelProto) -> None:
-    for node in model.graph.node:
-        domain = node.domain or "ai.onnx"
-        if node.domain not in _ORT_DOMAINS:
-            raise UnsupportedOpError(
-                f"Node '{node.name}' (op {node.op_type}, domain {domain}, opset "
-                f"{opset_version(model, node.domain) or 'not imported'}) is from a domain ONNX "
-                "Runtime has no kernels for; re-export the model with standard ONNX ops in "
-                "its place.")
-        if domain == "ai.onnx" and not onnx.defs.has(node.op_type):
-            raise ModelLoadError(f"Node '{node.name}' has op type '{node.op_type}', which ONNX "
-                                 "does not define: the file is damaged or not for this runtime.")
-
-
-def _first_line(exc: Exception) -> str:
-    """Another library's message as one line ending in a full stop, ONNX Runtime's without its
-    '[ONNXRuntimeError] : 10 : INVALID_GRAPH :' prefix."""
-    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text).strip()
-    return text if text.endswith(".") else text + "."
-
-
-# --- passes -------------------------------------------------------------------------------
-
-def check_opset(model: onnx.ModelProto) -> int:
-    """The default-domain opset, refused outside MIN_OPSET..MAX_OPSET."""
-    version = opset_version(model)
-    if version == 0:
-        raise ModelLoadError("The model imports no default-domain (ai.onnx) opset.")
-    if version > MAX_OPSET:
-        raise ModelLoadError(
-            f"The model uses opset {version}; onnx-saliency supports opsets {MIN_OPSET} to "
-            f"{MAX_OPSET}. Re-export it with opset {MAX_OPSET} or lower.")
-    if version < MIN_OPSET:
-        raise ModelLoadError(
-            f"The model uses opset {version}; onnx-saliency supports opsets {MIN_OPSET} to "
-            f"{MAX_OPSET}. Convert it with onnx.version_converter first.")
-    return version
-
-
-def convert_opset(model: onnx.ModelProto) -> onnx.ModelProto:
-    version = check_opset(model)
-    if version < 16:
-        try:
-            model = version_converter.convert_version(model, CONVERT_TO)
-        except Exception as exc:  # the converter raises bare RuntimeErrors
-            raise ModelLoadError(f"Could not convert the model from opset {version} to "
-                                 f"{CONVERT_TO}: {_first_line(exc)}") from None
-    return model
-
-
-def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+def name_nodes(state: Canonicalization) -> None:
+    """Ensures every node has a name, no two the same (messages and layer names need them): a
+    missing name becomes `<op type>_<position>`, a repeated one `<name>_<position>` (with
+    `_<position>` added again while that is taken)."""
     seen: set[str] = set()
-    for i, node in enumerate(model.graph.node):
+    for i, node in enumerate(state.model.graph.node):
         if not node.name or node.name in seen:
             node.name = f"{node.op_type}_{i}" if not node.name else f"{node.name}_{i}"
+            while node.name in seen:   # the new name may be taken too
+                node.name = f"{node.name}_{i}"
         seen.add(node.name)
-    return model
 
 
-def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
-    keep = []
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-            value = _constant_value(node)
-            model.graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
-        else:
-            keep.append(node)
-    del model.graph.node[:]
-    model.graph.node.extend(keep)
-    return model
+def choose_output(state: Canonicalization) -> None:
+    """Keep one graph output, the one explained, with the seed on its pre-softmax logits, and
+    only the nodes it needs (before the opset converter rewrites a Softmax-11).
 
-
-def _constant_value(node: onnx.NodeProto) -> np.ndarray:
-    attr = node.attribute[0]
-    kind = attr.name
-    if kind == "value":
-        return numpy_helper.to_array(attr.t)
-    simple = {"value_float": (attr.f, np.float32), "value_floats": (list(attr.floats), np.float32),
-              "value_int": (attr.i, np.int64), "value_ints": (list(attr.ints), np.int64)}
-    if kind in simple:
-        val, dtype = simple[kind]
-        return np.asarray(val, dtype=dtype)
-    raise ModelLoadError(f"Constant node '{node.name}' uses attribute '{kind}', which is not supported.")
-
-
-_SCORE_PASSES = ("Identity", "Softmax", "LogSoftmax")
-
-
-def _pre_softmax(producer: dict, name: str) -> tuple[str, onnx.NodeProto | None]:
-    """The tensor before a trailing chain of Identity/(Log)Softmax nodes, and the last
-    (Log)Softmax on the way (None when there is none)."""
-    softmax = None
-    while name in producer and producer[name].op_type in _SCORE_PASSES:
-        node = producer[name]
-        if node.op_type != "Identity" and softmax is None:
-            softmax = node
-        name = node.input[0]
-    return name, softmax
-
-
-def choose_output(model: onnx.ModelProto, wanted: str | None = None
-                  ) -> tuple[onnx.ModelProto, str]:
-    """Keep one graph output, the one explained, with the seed on its pre-softmax logits.
-
-    The output is `wanted` when given, else the only one, else the logits where every output
-    is those logits or their (Log)Softmax (a Keras/TF export's (probabilities, logits)); any
-    other set of outputs is refused with one sentence listing them. A trailing (Log)Softmax on
-    the chosen output is bypassed (with a warning naming the node). Returns the model and the
-    chosen output's original name."""
-    graph = model.graph
+    The output is `state.output` when given, else the only one, else the logits where every
+    output is those logits or their (Log)Softmax (a Keras/TF export's (probabilities, logits));
+    any other set of outputs is refused with one sentence listing them. A trailing (Log)Softmax
+    on the chosen output is bypassed (with a warning naming the node). Records the chosen
+    output (`original_output`) and the tensor the seed sits on (`output_name`)."""
+    graph = state.model.graph
     outputs = [o.name for o in graph.output]
     if not outputs:
         raise ModelLoadError("The model has no graph outputs: there is nothing to explain.")
     producer = {o: n for n in graph.node for o in n.output}
+    wanted = state.output
     if wanted is not None:
         if wanted not in outputs:
             raise ModelLoadError(f"output={wanted!r} is not an output of the model; its outputs "
@@ -484,11 +398,323 @@ def choose_output(model: onnx.ModelProto, wanted: str | None = None
         warnings.warn(
             f"The output '{chosen}' is the {softmax.op_type} of '{logits}' (node "
             f"'{softmax.name}'); the saliency seed is put on '{logits}' (the logits) instead.",
-            stacklevel=3)
+            stacklevel=3)   # the caller of canonicalize
         value.name = logits
         value.type.tensor_type.ClearField("shape")
-    return model, chosen
+    state.original_output, state.output_name = chosen, value.name
+    remove_dead_code(state.model)
 
+
+def check_runtime_loads(state: Canonicalization) -> None:
+    """Ensures the default-domain opset is one of MIN_OPSET..MAX_OPSET (`check_opset`) and that
+    ONNX Runtime, the judge of a well-formed model, builds a session from the skeleton (no
+    optimisations, value_info dropped: they are hints). When it refuses, a node whose op no
+    ONNX Runtime kernel implements is named."""
+    import onnxruntime as ort
+
+    model = state.model
+    check_opset(model)
+    probe = skeleton(model)
+    del probe.graph.value_info[:]
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT's pybind exceptions share no public base class
+        _refuse_unknown_ops(model)
+        raise ModelLoadError(f"ONNX Runtime cannot load the model: {_first_line(exc)}") from None
+
+
+def convert_opset(state: Canonicalization) -> None:
+    """Ensures opset CONVERT_BELOW or later: an older model is converted to CONVERT_TO."""
+    version = check_opset(state.model)
+    if version < CONVERT_BELOW:
+        try:
+            state.model = version_converter.convert_version(state.model, CONVERT_TO)
+        except Exception as exc:  # the converter raises bare RuntimeErrors
+            raise ModelLoadError(f"Could not convert the model from opset {version} to "
+                                 f"{CONVERT_TO}: {_first_line(exc)}") from None
+
+
+def constants_to_initializers(state: Canonicalization) -> None:
+    """Ensures no Constant node is left: each becomes an initializer named like its output."""
+    model = state.model
+    keep = []
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            value = _constant_value(node)
+            model.graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
+        else:
+            keep.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+
+
+def find_image_input(state: Canonicalization) -> None:
+    """Records the image input (`input_name`): the model must have exactly one runtime input,
+    a float32 [N,C,H,W] tensor."""
+    model = state.model
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        names = f" ({', '.join(i.name for i in inputs)})" if inputs else ""
+        raise ModelLoadError(
+            f"The model has {len(inputs)} runtime inputs{names}; onnx-saliency explains models "
+            "with exactly one image input.")
+    problem = _not_an_image(inputs[0].type)
+    if problem:
+        raise ModelLoadError(f"The model input '{inputs[0].name}' {problem}; onnx-saliency "
+                             "explains float32 [N,C,H,W] image inputs.")
+    state.input_name = inputs[0].name
+
+
+def channels_first_input(state: Canonicalization) -> None:
+    """For a model that takes NHWC images (layout "NHWC"): the same input name now takes
+    [N,C,H,W] and a Transpose (perm 0,2,3,1) feeds the original consumers, so maps and images
+    stay NCHW. Other models are left as they are."""
+    if state.layout != "NHWC":
+        return
+    model, input_name = state.model, state.input_name
+    inner = f"{input_name}/nhwc"
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name == input_name:
+                node.input[i] = inner
+    inp = next(i for i in model.graph.input if i.name == input_name)
+    dims = list(inp.type.tensor_type.shape.dim)
+    nchw = [dims[0], dims[3], dims[1], dims[2]]
+    copies = [onnx.TensorShapeProto.Dimension() for _ in nchw]
+    for new, old in zip(copies, nchw):
+        new.CopyFrom(old)
+    del inp.type.tensor_type.shape.dim[:]
+    inp.type.tensor_type.shape.dim.extend(copies)
+    model.graph.node.insert(0, onnx.helper.make_node("Transpose", [input_name], [inner],
+                                                     name="osal/nhwc_input", perm=[0, 2, 3, 1]))
+
+
+def make_batch_dynamic(state: Canonicalization) -> None:
+    """Ensures dim 0 of the input and the output is the batch symbol `N`, a fixed batch in
+    constant Reshape shapes included; shapes inferred, the forward pass checked to fit in
+    memory (`check_memory`). A model fixed to a batch is run once with batch 2 to check that
+    it held; where it did not, the model keeps its fixed batch (`fixed_batch`, a warning)."""
+    model, input_name = state.model, state.input_name
+    old_batch = _fixed_batch(model, input_name)
+    backup = None
+    if old_batch:   # a copy to fall back on (it copies every weight)
+        backup = onnx.ModelProto()
+        backup.CopyFrom(model)
+    _symbolic_batch_dims(model, input_name, old_batch)
+    state.model = infer_shapes(model)
+    check_memory(state.model, input_name)
+    if old_batch is not None and not _batch_works(state.model, input_name):
+        state.model, state.fixed_batch = infer_shapes(backup), old_batch
+        check_memory(state.model, input_name)
+        warnings.warn(
+            f"The model is fixed to batch {old_batch} and could not be made dynamic; images are "
+            "explained one batch of that size at a time.", stacklevel=3)   # canonicalize's caller
+
+
+def fold_constants(state: Canonicalization) -> None:
+    """Ensures no node whose inputs are all initializers is left where the ONNX reference
+    evaluator can run it (random ops are kept): its outputs become initializers. Then drops
+    what the output no longer needs and infers the shapes again."""
+    from onnx.reference import ReferenceEvaluator
+
+    model = state.model
+    graph = model.graph
+    consts = {t.name: t for t in graph.initializer}
+    keep = []
+    for node in graph.node:
+        foldable = (node.domain in ("", "ai.onnx") and node.op_type not in _NO_FOLD
+                    and all(i == "" or i in consts for i in node.input) and len(node.input) > 0)
+        if not foldable:
+            keep.append(node)
+            continue
+        feeds = {i: numpy_helper.to_array(consts[i]) for i in node.input if i}
+        small = onnx.helper.make_model(
+            onnx.helper.make_graph(
+                [node], "fold",
+                [onnx.helper.make_tensor_value_info(i, consts[i].data_type, None) for i in feeds],
+                [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None)
+                 for o in node.output]),
+            opset_imports=list(model.opset_import))
+        try:
+            values = ReferenceEvaluator(small).run(None, feeds)
+        except Exception:
+            keep.append(node)
+            continue
+        for name, value in zip(node.output, values):
+            if name:
+                tensor = numpy_helper.from_array(np.asarray(value), name)
+                graph.initializer.append(tensor)
+                consts[name] = tensor
+    del graph.node[:]
+    graph.node.extend(keep)
+    state.model = infer_shapes(remove_dead_code(model))
+
+
+# The order matters where a pass needs another's work: choose_output runs before convert_opset
+# (the converter rewrites a Softmax-11), make_batch_dynamic after channels_first_input (it sets
+# dim 0 of the NCHW input) and fold_constants last (shape inference sees the dynamic batch).
+PASSES: tuple[Pass, ...] = (
+    name_nodes,
+    choose_output,
+    check_runtime_loads,
+    convert_opset,
+    constants_to_initializers,
+    find_image_input,
+    channels_first_input,
+    make_batch_dynamic,
+    fold_constants,
+)
+
+
+def canonicalize(source: ModelSource, layout: str = "NCHW", output: str | None = None
+                 ) -> CanonicalModel:
+    """The canonical form of a model (see the module docstring): loaded, repaired, then
+    rewritten by PASSES in order and checked. `layout`: the image input's, "NCHW" or "NHWC";
+    `output`: the graph output to explain (default: see `choose_output`)."""
+    if layout not in ("NCHW", "NHWC"):
+        raise ModelLoadError(f"layout must be 'NCHW' or 'NHWC', not {layout!r}.")
+    state = Canonicalization(repair(load_model(source)), layout, output)
+    for run_pass in PASSES:
+        run_pass(state)   # called from here: their warnings point at canonicalize's caller
+    check_canonical(state)
+    return CanonicalModel(state.model, state.input_name, state.output_name, state.fixed_batch,
+                          state.original_output)
+
+
+# --- the postcondition ------------------------------------------------------------------------
+
+def check_canonical(state: Canonicalization) -> None:
+    """Raise NotCanonicalError when the model is not canonical (the module docstring's list):
+    a pass broke what the passes after it, or the reverse walk, rely on."""
+    problem = not_canonical(state)
+    if problem:
+        raise NotCanonicalError(f"Canonicalisation left {problem}: a bug in onnx-saliency, "
+                                "not in the model; please report it.")
+
+
+def not_canonical(state: Canonicalization) -> str | None:
+    """The first way in which the model is not canonical, or None; in a walk over the nodes
+    and one back."""
+    graph = state.model.graph
+    initializers = {t.name for t in graph.initializer}
+    inputs = [i.name for i in graph.input if i.name not in initializers]
+    if inputs != [state.input_name]:
+        return f"runtime inputs {inputs} where the image input '{state.input_name}' was expected"
+    image = next(i for i in graph.input if i.name == state.input_name).type.tensor_type
+    if image.elem_type != onnx.TensorProto.FLOAT or len(image.shape.dim) != 4:
+        return "an image input that is not a float32 rank-4 tensor"
+    dim0 = image.shape.dim[0]
+    if (dim0.dim_value if state.fixed_batch else dim0.dim_param) != (state.fixed_batch or BATCH):
+        return f"an image input whose dim 0 is not the batch {state.fixed_batch or BATCH!r}"
+    if [o.name for o in graph.output] != [state.output_name]:
+        return (f"outputs {[o.name for o in graph.output]} where the explained output "
+                f"'{state.output_name}' alone was expected")
+    if graph.output[0].type.tensor_type.elem_type not in (0, *_FLOAT_TYPES):
+        return f"output '{state.output_name}' of a type that is not float"
+    if not CONVERT_BELOW <= opset_version(state.model) <= MAX_OPSET:
+        return (f"opset {opset_version(state.model)}, outside {CONVERT_BELOW} to "
+                f"{MAX_OPSET}")
+    names = [node.name for node in graph.node]
+    if not all(names) or len(set(names)) < len(names):
+        return "a node without a name, or two nodes with one name"
+    made = {i.name for i in graph.input} | initializers
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            return f"Constant node '{node.name}'"
+        unmade = sorted(node_reads(node) - made)
+        if unmade:
+            return f"node '{node.name}' before the node that makes its input '{unmade[0]}'"
+        for out in filter(None, node.output):
+            if out in made:
+                return f"tensor '{out}' made twice"
+            made.add(out)
+        if state.output_name in node.output and node.op_type in ("Softmax", "LogSoftmax"):
+            return f"output '{state.output_name}' made by a {node.op_type}"
+    needed = {state.output_name}
+    for node in reversed(graph.node):
+        if not needed.intersection(node.output):
+            return f"node '{node.name}', which the output does not need"
+        needed |= node_reads(node)
+    stale = sorted({v.name for v in graph.value_info} - made)
+    if stale:
+        return f"value_info for '{stale[0]}', which no node makes (shapes not inferred again)"
+    return None
+
+
+# --- what the passes share: opset, constants, outputs, batch, shapes, memory -------------------
+
+def check_opset(model: onnx.ModelProto) -> int:
+    """The default-domain opset, refused outside MIN_OPSET..MAX_OPSET."""
+    version = opset_version(model)
+    if version == 0:
+        raise ModelLoadError("The model imports no default-domain (ai.onnx) opset.")
+    if version > MAX_OPSET:
+        raise ModelLoadError(
+            f"The model uses opset {version}; onnx-saliency supports opsets {MIN_OPSET} to "
+            f"{MAX_OPSET}. Re-export it with opset {MAX_OPSET} or lower.")
+    if version < MIN_OPSET:
+        raise ModelLoadError(
+            f"The model uses opset {version}; onnx-saliency supports opsets {MIN_OPSET} to "
+            f"{MAX_OPSET}. Convert it with onnx.version_converter first.")
+    return version
+
+# domains ONNX Runtime (CPU) implements ops of; only consulted once it has refused a model
+_ORT_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc",
+                "com.microsoft.experimental", "ai.onnx.preview.training", "ai.onnx.training",
+                "org.pytorch.aten", "com.ms.internal.nhwc"}
+
+
+def _refuse_unknown_ops(model: onnx.ModelProto) -> None:
+    for node in model.graph.node:
+        domain = node.domain or "ai.onnx"
+        if node.domain not in _ORT_DOMAINS:
+            raise UnsupportedOpError(
+                f"Node '{node.name}' (op {node.op_type}, domain {domain}, opset "
+                f"{opset_version(model, node.domain) or 'not imported'}) is from a domain ONNX "
+                "Runtime has no kernels for; re-export the model with standard ONNX ops in "
+                "its place.")
+        if domain == "ai.onnx" and not onnx.defs.has(node.op_type):
+            raise ModelLoadError(f"Node '{node.name}' has op type '{node.op_type}', which ONNX "
+                                 "does not define: the file is damaged or not for this runtime.")
+
+
+def _first_line(exc: Exception) -> str:
+    """Another library's message as one line ending in a full stop, ONNX Runtime's without its
+    '[ONNXRuntimeError] : 10 : INVALID_GRAPH :' prefix."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text).strip()
+    return text if text.endswith(".") else text + "."
+
+
+def _constant_value(node: onnx.NodeProto) -> np.ndarray:
+    attr = node.attribute[0]
+    kind = attr.name
+    if kind == "value":
+        return numpy_helper.to_array(attr.t)
+    simple = {"value_float": (attr.f, np.float32), "value_floats": (list(attr.floats), np.float32),
+              "value_int": (attr.i, np.int64), "value_ints": (list(attr.ints), np.int64)}
+    if kind in simple:
+        val, dtype = simple[kind]
+        return np.asarray(val, dtype=dtype)
+    raise ModelLoadError(f"Constant node '{node.name}' uses attribute '{kind}', which is not supported.")
+
+_SCORE_PASSES = ("Identity", "Softmax", "LogSoftmax")
+
+
+def _pre_softmax(producer: dict, name: str) -> tuple[str, onnx.NodeProto | None]:
+    """The tensor before a trailing chain of Identity/(Log)Softmax nodes, and the last
+    (Log)Softmax on the way (None when there is none)."""
+    softmax = None
+    while name in producer and producer[name].op_type in _SCORE_PASSES:
+        node = producer[name]
+        if node.op_type != "Identity" and softmax is None:
+            softmax = node
+        name = node.input[0]
+    return name, softmax
 
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
                 onnx.TensorProto.BFLOAT16)
@@ -501,6 +727,23 @@ def _listing(graph: onnx.GraphProto) -> str:
         return ",".join(d.dim_param or str(d.dim_value) if (d.dim_param or d.dim_value) else "?"
                         for d in shape.dim)
     return ", ".join(f"'{o.name}' [{dims(o)}]" for o in graph.output)
+
+
+def _not_an_image(kind: onnx.TypeProto) -> str | None:
+    """Why a graph input of this type is no float32 [N,C,H,W] image (None when it is one)."""
+    if kind.WhichOneof("value") != "tensor_type":
+        return f"is a {kind.WhichOneof('value') or 'value without a type'}, not a tensor"
+    tensor = kind.tensor_type
+    if tensor.elem_type != onnx.TensorProto.FLOAT:
+        return f"holds {onnx.TensorProto.DataType.Name(tensor.elem_type).lower()} values"
+    if not tensor.HasField("shape"):
+        return "has no declared shape"
+    dims = _dims(tensor.shape)
+    if len(dims) != 4:
+        return f"has rank {len(dims)} (shape {dims})"
+    if any(isinstance(d, int) and d <= 0 for d in dims[1:]):
+        return f"declares an empty dimension (shape {dims})"
+    return None
 
 
 def _batch_dim(model: onnx.ModelProto, input_name: str) -> onnx.TensorShapeProto.Dimension:
@@ -523,23 +766,41 @@ def symbolic_batch(value: onnx.ValueInfoProto) -> None:
         dims[0].dim_param = BATCH
 
 
-def make_batch_dynamic(model: onnx.ModelProto, input_name: str) -> tuple[onnx.ModelProto, int | None]:
-    """Make dim 0 of the input and outputs symbolic; return the old fixed batch (or None)."""
+def _symbolic_batch_dims(model: onnx.ModelProto, input_name: str, old_batch: int | None) -> None:
+    """Dim 0 of the input and outputs set to `N`, value_info dropped; with a fixed `old_batch`,
+    constant Reshape shapes that start with it start with 0 (copy the dim) instead."""
     graph = model.graph
-    old = _fixed_batch(model, input_name)
     for value in [next(i for i in graph.input if i.name == input_name), *graph.output]:
         symbolic_batch(value)
     del graph.value_info[:]
-    if old is not None:
+    if old_batch is not None:
         inits = {t.name: t for t in graph.initializer}
         for node in graph.node:
             if node.op_type == "Reshape" and node.input[1] in inits:
                 shape = numpy_helper.to_array(inits[node.input[1]])
-                if shape.ndim == 1 and shape.size > 1 and shape[0] == old:
+                if shape.ndim == 1 and shape.size > 1 and shape[0] == old_batch:
                     new = shape.copy()
-                    new[0] = 0 if old != 0 else new[0]
+                    new[0] = 0
                     inits[node.input[1]].CopyFrom(numpy_helper.from_array(new, node.input[1]))
-    return model, old
+
+
+def _batch_works(model: onnx.ModelProto, input_name: str) -> bool:
+    """Run the model once with batch 2 (spatial dims taken from the model or 32) to check."""
+    import onnxruntime as ort
+
+    inp = next(i for i in model.graph.input if i.name == input_name)
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 32
+            for d in inp.type.tensor_type.shape.dim]
+    dims[0] = 2
+    try:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 4
+        sess = ort.InferenceSession(model.SerializeToString(), opts,
+                                    providers=["CPUExecutionProvider"])
+        out = sess.run(None, {input_name: np.zeros(dims, np.float32)})[0]
+        return out.shape[0] == 2
+    except Exception:
+        return False
 
 
 def set_batch(model: onnx.ModelProto, input_name: str, size: int) -> onnx.ModelProto:
@@ -595,42 +856,6 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Evaluate nodes whose inputs are all initializers, with the ONNX reference evaluator."""
-    from onnx.reference import ReferenceEvaluator
-
-    graph = model.graph
-    consts = {t.name: t for t in graph.initializer}
-    keep = []
-    for node in graph.node:
-        foldable = (node.domain in ("", "ai.onnx") and node.op_type not in _NO_FOLD
-                    and all(i == "" or i in consts for i in node.input) and len(node.input) > 0)
-        if not foldable:
-            keep.append(node)
-            continue
-        feeds = {i: numpy_helper.to_array(consts[i]) for i in node.input if i}
-        small = onnx.helper.make_model(
-            onnx.helper.make_graph(
-                [node], "fold",
-                [onnx.helper.make_tensor_value_info(i, consts[i].data_type, None) for i in feeds],
-                [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None)
-                 for o in node.output]),
-            opset_imports=list(model.opset_import))
-        try:
-            values = ReferenceEvaluator(small).run(None, feeds)
-        except Exception:
-            keep.append(node)
-            continue
-        for name, value in zip(node.output, values):
-            if name:
-                tensor = numpy_helper.from_array(np.asarray(value), name)
-                graph.initializer.append(tensor)
-                consts[name] = tensor
-    del graph.node[:]
-    graph.node.extend(keep)
-    return remove_dead_code(model)
-
-
 def remove_dead_code(model: onnx.ModelProto) -> onnx.ModelProto:
     """Drop nodes and initializers that no graph output depends on."""
     graph = model.graph
@@ -651,38 +876,6 @@ def remove_dead_code(model: onnx.ModelProto) -> onnx.ModelProto:
         if graph.input[i].name in dead:
             del graph.input[i]
     return model
-
-
-def _image_input(model: onnx.ModelProto) -> str:
-    inits = {t.name for t in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        names = f" ({', '.join(i.name for i in inputs)})" if inputs else ""
-        raise ModelLoadError(
-            f"The model has {len(inputs)} runtime inputs{names}; onnx-saliency explains models "
-            "with exactly one image input.")
-    problem = _not_an_image(inputs[0].type)
-    if problem:
-        raise ModelLoadError(f"The model input '{inputs[0].name}' {problem}; onnx-saliency "
-                             "explains float32 [N,C,H,W] image inputs.")
-    return inputs[0].name
-
-
-def _not_an_image(kind: onnx.TypeProto) -> str | None:
-    """Why a graph input of this type is no float32 [N,C,H,W] image (None when it is one)."""
-    if kind.WhichOneof("value") != "tensor_type":
-        return f"is a {kind.WhichOneof('value') or 'value without a type'}, not a tensor"
-    tensor = kind.tensor_type
-    if tensor.elem_type != onnx.TensorProto.FLOAT:
-        return f"holds {onnx.TensorProto.DataType.Name(tensor.elem_type).lower()} values"
-    if not tensor.HasField("shape"):
-        return "has no declared shape"
-    dims = _dims(tensor.shape)
-    if len(dims) != 4:
-        return f"has rank {len(dims)} (shape {dims})"
-    if any(isinstance(d, int) and d <= 0 for d in dims[1:]):
-        return f"declares an empty dimension (shape {dims})"
-    return None
 
 
 def available_memory() -> int | None:
@@ -739,81 +932,3 @@ def _tensor_bytes(kind: onnx.TypeProto) -> int:
     for d in tensor.shape.dim:
         count *= d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1
     return count * onnx.helper.tensor_dtype_to_np_dtype(elem).itemsize
-
-
-def _batch_works(model: onnx.ModelProto, input_name: str) -> bool:
-    """Run the model once with batch 2 (spatial dims taken from the model or 32) to check."""
-    import onnxruntime as ort
-
-    inp = next(i for i in model.graph.input if i.name == input_name)
-    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 32
-            for d in inp.type.tensor_type.shape.dim]
-    dims[0] = 2
-    try:
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 4
-        sess = ort.InferenceSession(model.SerializeToString(), opts,
-                                    providers=["CPUExecutionProvider"])
-        out = sess.run(None, {input_name: np.zeros(dims, np.float32)})[0]
-        return out.shape[0] == 2
-    except Exception:
-        return False
-
-
-def channels_first_input(model: onnx.ModelProto, input_name: str) -> onnx.ModelProto:
-    """For a model that takes NHWC images: the same input name now takes [N,C,H,W] and a
-    Transpose (perm 0,2,3,1) feeds the original consumers, so maps and images stay NCHW."""
-    inner = f"{input_name}/nhwc"
-    for node in model.graph.node:
-        for i, name in enumerate(node.input):
-            if name == input_name:
-                node.input[i] = inner
-    inp = next(i for i in model.graph.input if i.name == input_name)
-    dims = list(inp.type.tensor_type.shape.dim)
-    nchw = [dims[0], dims[3], dims[1], dims[2]]
-    copies = [onnx.TensorShapeProto.Dimension() for _ in nchw]
-    for new, old in zip(copies, nchw):
-        new.CopyFrom(old)
-    del inp.type.tensor_type.shape.dim[:]
-    inp.type.tensor_type.shape.dim.extend(copies)
-    model.graph.node.insert(0, onnx.helper.make_node("Transpose", [input_name], [inner],
-                                                     name="osal/nhwc_input", perm=[0, 2, 3, 1]))
-    return model
-
-
-def canonicalize(source: ModelSource, layout: str = "NCHW", output: str | None = None
-                 ) -> CanonicalModel:
-    """load → names → output choice and softmax bypass → opset → constants → (NHWC input:
-    transpose) → dynamic batch → shapes → folding. `output`: the graph output to explain
-    (default: see `choose_output`)."""
-    if layout not in ("NCHW", "NHWC"):
-        raise ModelLoadError(f"layout must be 'NCHW' or 'NHWC', not {layout!r}.")
-    model = repair(load_model(source))
-    model = name_nodes(model)
-    model, original_output = choose_output(model, output)  # before the converter rewrites Softmax-11
-    model = remove_dead_code(model)
-    check_opset(model)
-    check_runtime_loads(model)
-    model = convert_opset(model)
-    model = constants_to_initializers(model)
-    input_name = _image_input(model)
-    if layout == "NHWC":
-        model = channels_first_input(model, input_name)
-    output_name = model.graph.output[0].name
-    backup = None
-    if _fixed_batch(model, input_name):   # a copy to fall back on (it copies every weight)
-        backup = onnx.ModelProto()
-        backup.CopyFrom(model)
-    model, old_batch = make_batch_dynamic(model, input_name)
-    model = infer_shapes(model)
-    check_memory(model, input_name)
-    fixed_batch = None
-    if old_batch is not None and not _batch_works(model, input_name):
-        model, fixed_batch = infer_shapes(backup), old_batch
-        check_memory(model, input_name)
-        warnings.warn(
-            f"The model is fixed to batch {old_batch} and could not be made dynamic; images are "
-            "explained one batch of that size at a time.", stacklevel=2)
-    model = fold_constants(model)
-    model = infer_shapes(model)
-    return CanonicalModel(model, input_name, output_name, fixed_batch, original_output)

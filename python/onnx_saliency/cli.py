@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import Explainer, default_layers
+from .combine import COMBINATIONS
 from .errors import LayerNotFoundError, SaliencyError
 from .output_folder import (INDEX, OUT_FOLDER_HELP, SIGNALS, CommandError, Interrupted, Run,
                             UsageError, atomic, earlier_maps, output_stems, run_folder)
@@ -149,7 +150,7 @@ def _add_explainer_options(parser) -> None:
     parser.add_argument("--model-output", default=None, metavar="NAME",
                         help="the model output to explain (default: the logits; needed when the "
                              "model has several outputs)")
-    parser.add_argument("--combine", choices=["sum", "product"], default=None,
+    parser.add_argument("--combine", choices=COMBINATIONS, default=None,
                         help="one map per layer method: the layers' min-max maps combined")
     parser.add_argument("--weights", default="uniform",
                         help="layer weights for --combine: uniform, linear or a list such as 1,2,4")

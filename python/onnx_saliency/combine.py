@@ -15,11 +15,14 @@ import numpy as np
 from .errors import MethodError
 from .graph import GraphBuilder
 
-RULES = ("sum", "product")
+COMBINATIONS = ("sum", "product")   # the values of combine=: how the layers' maps merge
 
 
 @dataclass(frozen=True)
 class Combination:
+    """How the per-layer maps of each layer method become one map: `rule` is one of
+    COMBINATIONS, `weights` "uniform", "linear" or one weight per layer."""
+
     rule: str
     weights: str | tuple[float, ...]
 
@@ -77,7 +80,7 @@ def combination(rule: str | None, weights: str | Sequence[float], requests) -> C
     """The combination asked for, validated (None: keep one map per layer)."""
     if rule is None:
         return None
-    if rule not in RULES:
+    if rule not in COMBINATIONS:
         raise MethodError(f"combine must be 'sum' or 'product', not {rule!r}.")
     if isinstance(weights, str):
         if weights not in ("uniform", "linear"):

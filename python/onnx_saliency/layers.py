@@ -6,7 +6,7 @@ PyTorch's exporters leave the module hierarchy in the graph:
   `['', 'layer2', 'layer2.0', 'layer2.0.downsample', 'layer2.0.downsample.0', 'conv2d_7']`.
 A module path names the output of the last node (in graph order) inside that module.
 
-Also the layers a method taps when none is named: the general rule (`default_layer`), the
+Also the layers a method taps when none is named: the general choice (`default_layer`), the
 families where the papers fix layers (`architecture`) and their stage sets (`stage_layers`).
 """
 
