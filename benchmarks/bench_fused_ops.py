@@ -24,7 +24,7 @@ from onnx import TensorProto, helper
 from onnx_saliency import fused
 from onnx_saliency.bench import paired_ratio
 from onnx_saliency.canonical import remove_dead_code
-from onnx_saliency.backward.context import RuleContext
+from onnx_saliency.backward.rules.tsgb import TSGBContext
 from onnx_saliency.graph import GraphBuilder, GraphIndex
 
 # (C_in, H_in, C_out, kernel, stride, pad) of every distinct ResNet-50 conv at 224×224
@@ -46,7 +46,8 @@ POOLS = [(64, 112, 3, 2, 1), (64, 224, 2, 2, 0), (128, 112, 2, 2, 0), (256, 56, 
 def _model(inputs: dict[str, list[int]], build, forward=list,
            forward_outputs=()) -> tuple[onnx.ModelProto, onnx.ModelProto]:
     """(fused, portable) models over `inputs` and the nodes `forward()` makes (outputs
-    `forward_outputs`); `build(b, ctx, graph)` emits the op and returns its output."""
+    `forward_outputs`); `build(b, ctx, graph)` emits the op and returns its output (ctx: a
+    TSGB walk's context, which every rule can take)."""
     models = []
     for use_fused in (True, False):
         graph = helper.make_graph(
@@ -57,7 +58,8 @@ def _model(inputs: dict[str, list[int]], build, forward=list,
             helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
         index = GraphIndex(base)
         b = GraphBuilder(index, fused=use_fused)
-        out = build(b, RuleContext(b, index), base.graph)
+        out = build(b, TSGBContext(b, index), base.graph)
+        b.apply_forward_edits(base.graph)   # the pool's Indices output, for the portable twin
         base.graph.node.extend(b.nodes)
         base.graph.initializer.extend(b.initializers)
         base.graph.output.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, None))
@@ -88,7 +90,8 @@ def _relevance_models(batch, c, h, k, s, p) -> tuple[onnx.ModelProto, onnx.Model
     ho = (h + 2 * p - k) // s + 1
 
     def build(b, ctx, graph):
-        signal = b.broadcast("y", tsgb._sign(ctx, "y"), "s", b.const(np.ones((c, 1, 1, 1), np.float32)))
+        ones = b.const(np.ones((c, 1, 1, 1), np.float32))
+        signal = ctx.broadcast("y", tsgb._sign(ctx, "y"), "s", ones)
         routed = tsgb.max_pool(ctx, graph.node[0], [signal])[0]
         return tsgb._relevance_sum(ctx, routed, "x")
 

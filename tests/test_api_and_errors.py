@@ -93,7 +93,7 @@ def test_meta_refuses_a_model_stuck_at_a_batch_above_one():
     with pytest.warns(UserWarning, match="fixed to batch 3"):
         ex = osal.Explainer(model, methods=["gradient"])
     assert ex.explain(_images(4), target=0)["gradient"].shape == (4, 8, 8)
-    with pytest.warns(UserWarning), pytest.raises(osal.MethodError, match="fixed to batch 3"):
+    with pytest.warns(UserWarning), pytest.raises(osal.ModelError, match="fixed to batch 3"):
         osal.Explainer(model, methods=["gradient"], meta=True)
 
 

@@ -7,8 +7,8 @@
 """
 
 from . import methods
-from .errors import (InputError, LayerNotFoundError, MethodError, ModelLoadError, SaliencyError,
-                     UnsupportedOpError)
+from .errors import (InputError, LayerNotFoundError, MethodError, ModelError, ModelLoadError,
+                     SaliencyError, UnsupportedOpError)
 from .explainer import Explainer, backward_graph, default_layers, list_layers
 
 __version__ = "0.1.0"
@@ -22,4 +22,4 @@ def from_torch(module, example_input, methods=("gradient",), layers=None, **kwar
 
 __all__ = ["Explainer", "backward_graph", "default_layers", "from_torch", "list_layers", "methods", "SaliencyError",
            "ModelLoadError", "UnsupportedOpError", "LayerNotFoundError", "InputError",
-           "MethodError", "__version__"]
+           "MethodError", "ModelError", "__version__"]

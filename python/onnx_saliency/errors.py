@@ -28,5 +28,10 @@ class MethodError(SaliencyError, ValueError):
     """An unknown method name or an option a method does not accept."""
 
 
+class ModelError(SaliencyError, ValueError):
+    """A fact about the model stands in the way of what was asked: a name the explainer needs is
+    taken, no signal reaches a layer, no classifier to contrast, a batch that cannot be stepped."""
+
+
 class NumericError(SaliencyError, ArithmeticError):
     """The explainer graph produced NaN or Inf (float32 overflow inside the model)."""

@@ -1,8 +1,10 @@
 """The explainer graph: forward model + seed + reverse walks + extraction heads, in one ONNX model.
 
     (image, target) ─► forward ─► logits ─► one-hot seed on target (−1: top-1)
-                                        └─► backward walk per rule table (shared where equal)
+                                        └─► each method's walk (shared where equal)
                                              └─► head per (method, layer) ─► resize ─► maps
+
+The assembly knows no method: each names its walk (`Method.walk`) and its head.
 """
 
 from __future__ import annotations
@@ -10,25 +12,23 @@ from __future__ import annotations
 import json
 import warnings
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
 from . import methods as methods_mod
-from .backward.context import RuleContext
-from .backward.rules import RULE_TABLES
-from .backward.rules.tsgb import selected_fc_nodes
-from .backward.rules.activations import RELU_LIKE_OPS, relu_like
-from .backward.walk import backward, path_nodes
+from .backward.rules import GRADIENT
+from .backward.walk import Seeds, Signals, TableWalk, Walk
 from .canonical import (BATCH, CanonicalModel, ModelSource, canonicalize, remove_dead_code,
                         set_batch)
 from . import fused as fused_ops
 from . import meta
 from .combine import combination
-from .errors import LayerNotFoundError, MethodError, NumericError, SaliencyError
-from .graph import GraphBuilder, GraphIndex, copy_fused_sum_operands, interleave_early
+from .errors import LayerNotFoundError, MethodError, ModelError, NumericError, SaliencyError
+from .graph import GraphBuilder, GraphIndex
+from .schedule import copy_fused_sum_operands, interleave_early
 from .layers import LayerNames, default_layer, stage_layers
 from .methods.base import Method
 from .runtime import TargetLike, check_images, check_targets, make_session, run_session
@@ -45,8 +45,8 @@ class MapRequest:
     tensor: str     # the tapped tensor
 
 
-def seed_from_target(b: GraphBuilder, index: GraphIndex, logits: str) -> str:
-    """One-hot of the target on the logits, broadcast over space.
+def one_hot_seed(b: GraphBuilder, index: GraphIndex, logits: str) -> Seeds:
+    """{logits: one-hot of the target}, broadcast over space (today's target; walk.Target).
 
     target −1 is the image's top-1; any other value outside [0, K) fails the run: it is mapped
     to K and passed through Gather(range(K), ·), which ONNX defines as an error for an index out
@@ -64,8 +64,9 @@ def seed_from_target(b: GraphBuilder, index: GraphIndex, logits: str) -> str:
     target = b.op("Gather", classes_range, chosen, axis=0)
     onehot = b.op("OneHot", target, depth, b.const([0.0, 1.0]), axis=-1)
     if rank == 2:
-        return onehot
-    return b.op("Expand", b.unsqueeze(onehot, list(range(2, rank))), b.shape_of(logits, logits, 1))
+        return {logits: onehot}
+    over_space = b.unsqueeze(onehot, list(range(2, rank)))
+    return {logits: b.op("Expand", over_space, b.shape_of(logits, logits, 1))}
 
 
 class _Assembly:
@@ -78,15 +79,15 @@ class _Assembly:
         self.per_image = meta_lr is not None      # meta: built for one image, Scan over the batch
         if self.per_image:
             if canon.fixed_batch not in (None, 1):
-                raise MethodError(
+                raise ModelError(
                     f"meta=True steps the weights once per image, but this model is fixed to "
                     f"batch {canon.fixed_batch}; export it with a dynamic batch or batch 1.")
             set_batch(self.model, canon.input_name, 1)
         self.index = GraphIndex(self.model)
         self.b = GraphBuilder(self.index, fused=fused)
         if TARGET in self.index.producer or TARGET in self.index.graph_inputs:
-            raise MethodError(f"The model already has a tensor named '{TARGET}'.")
-        self.seed = seed_from_target(self.b, self.index, canon.output_name)
+            raise ModelError(f"The model already has a tensor named '{TARGET}'.")
+        self.seeds = one_hot_seed(self.b, self.index, canon.output_name)
         self.logits = canon.output_name
         self.tensor = {}   # tapped tensor -> the tensor the methods read (the stepped copy's)
         if meta_lr is not None:
@@ -96,43 +97,28 @@ class _Assembly:
         """One SGD step towards the target inside the graph; the methods then walk a copy of the
         forward pass that reads the stepped parameters (meta.py)."""
         forward_nodes = list(self.model.graph.node)
-        updated = meta.sgd_step(self.b, self.index, self.logits, self.seed, lr)
-        self.model.graph.node.extend(self.b.nodes)
-        self.model.graph.initializer.extend(self.b.initializers)
+        updated = meta.sgd_step(self.b, self.index, self.logits, self.seeds[self.logits], lr)
+        self._commit()
         self.tensor = meta.stepped_copy(self.model, forward_nodes, updated)
         self.logits = self.tensor[self.logits]
+        self.seeds = {self.read(t): s for t, s in self.seeds.items()}
         self.index = GraphIndex(self.model)
         self.b = GraphBuilder(self.index, fused=fused)
+
+    def _commit(self) -> None:
+        """The builder's forward edits, nodes and constants into the model (`finish` does the
+        same for the last builder): the forward graph is edited here, and by the scheduling in
+        `finish`, nowhere else."""
+        self.b.apply_forward_edits(self.model.graph)
+        self.model.graph.node.extend(self.b.nodes)
+        self.model.graph.initializer.extend(self.b.initializers)
 
     def read(self, tensor: str) -> str:
         return self.tensor.get(tensor, tensor)
 
-    def grads(self, rule: str, wrt: Iterable[str], options: dict | None = None
-              ) -> dict[str, str | None]:
-        if rule not in RULE_TABLES:
-            raise MethodError(f"Unknown backward rule '{rule}'; available: {', '.join(RULE_TABLES)}.")
-        options = dict(options or {})
-        if rule == "cebp":
-            return self._contrastive(wrt, options)
-        return backward(self.b, self.index, RULE_TABLES[rule], {self.logits: self.seed}, wrt,
-                        options)
-
-    def _contrastive(self, wrt: Iterable[str], options: dict) -> dict[str, str | None]:
-        """c-EBP: (p⁺ − p⁻) at the contrast layer, p⁻ from the negated classifier, then the EBP
-        walk from there to `wrt`."""
-        table = RULE_TABLES["ebp"]
-        contrast = self.read(self._contrast_tensor(options.get("contrast")))
-        seeds = {self.logits: self.seed}
-        pos = backward(self.b, self.index, table, seeds, [contrast], {})[contrast]
-        neg = backward(self.b, self.index, table, seeds, [contrast], {"negate_last_fc": True})[contrast]
-        if pos is None or neg is None:
-            raise MethodError(f"No signal reaches the contrast layer '{contrast}'.")
-        diff = self.b.op("Sub", pos, neg)
-        wrt = list(wrt)
-        result = backward(self.b, self.index, table, {contrast: diff},
-                          [t for t in wrt if t != contrast], {})
-        result.update({t: diff for t in wrt if t == contrast})
-        return result
+    def signals(self, walk: Walk, wrt: Sequence[str]) -> Signals:
+        """`walk` from the seeds to `wrt` (tensors of the graph the walks run on: `read`)."""
+        return walk(self.b, self.index, self.seeds, wrt)
 
     def finite_flag(self, tensors: Sequence[str]) -> str:
         """bool [N]: every value of the image in `tensors` (each [N, …]) is finite. x·0 is NaN
@@ -145,17 +131,6 @@ class _Assembly:
                                  keepdims=False))
         return b.op("Not", b.op("IsNaN", b.sum(sums)))
 
-    def _contrast_tensor(self, label: str | None) -> str:
-        if label is not None:
-            return LayerNames(self.index, self.canon.input_name).resolve(label)
-        # the input of the classifier that the contrastive pass negates (rules/ebp.py)
-        classifier = selected_fc_nodes(RuleContext(self.b, self.index))
-        fcs = [n for n in self.index.nodes if n.name in classifier]
-        if not fcs:
-            raise MethodError("cebp needs a fully-connected classifier to contrast; give "
-                              "ContrastiveEBP(contrast=<layer>) explicitly.")
-        return fcs[-1].input[0]
-
     def finish(self, outputs: Sequence[tuple[str, str, int]], keep_logits: bool,
                metadata: dict | None = None, finite: bool = False) -> onnx.ModelProto:
         """outputs: (output name, tensor, rank), float32 with a symbolic batch dim, in this
@@ -163,11 +138,12 @@ class _Assembly:
         taken = {o for n in self.index.nodes for o in n.output} | set(self.index.graph_inputs)
         clashes = sorted(taken & ({name for name, _, _ in outputs} | ({FINITE} if finite else set())))
         if clashes:
-            raise MethodError(f"The model already has a tensor named '{clashes[0]}', the name of "
-                              "an explainer output; rename it in the model.")
+            raise ModelError(f"The model already has a tensor named '{clashes[0]}', the name of "
+                             "an explainer output; rename it in the model.")
         if finite:
             flag = self.finite_flag([t for _, t, _ in outputs] + ([self.logits] if keep_logits else []))
         graph = self.model.graph
+        self.b.apply_forward_edits(graph)
         graph.initializer.extend(self.b.initializers)   # after finite_flag: it adds constants
         nodes = interleave_early(graph, copy_fused_sum_operands(graph, self.b.nodes, self.index))
         del graph.node[:]
@@ -193,21 +169,6 @@ class _Assembly:
         return meta.per_image(model) if self.per_image else model
 
 
-_RECTIFYING = ("guided_backprop", "deconvnet")   # rule tables that differ at ReLU-like units only
-
-
-def _warn_unrectified(asm: _Assembly, reqs: Sequence[MapRequest]) -> None:
-    """Warn when no ReLU-like unit lies between the taps and the logits: the map then equals
-    the plain gradient's."""
-    nodes = path_nodes(asm.index, [asm.read(r.tensor) for r in reqs], [asm.logits])
-    if not any(relu_like(n, asm.index) for n in nodes):
-        names = ", ".join(dict.fromkeys(r.method.name for r in reqs))
-        warnings.warn(
-            f"{names}: the model has no ReLU-like unit ({', '.join(RELU_LIKE_OPS[:-1])} or Clip "
-            "with min 0) between the input and the logits, so nothing is rectified and the map "
-            "equals the plain gradient's.", stacklevel=4)
-
-
 def _check_4d(index: GraphIndex, tensor: str, label: str) -> None:
     shape = index.shapes.get(tensor)
     if shape is not None and len(shape) != 4:
@@ -215,24 +176,27 @@ def _check_4d(index: GraphIndex, tensor: str, label: str) -> None:
             f"Layer '{label}' is a rank-{len(shape)} tensor; saliency maps need an [N,C,H,W] layer.")
 
 
-def backward_graph(model: ModelSource, wrt: Sequence[str] | str, rule: str = "gradient",
+def backward_graph(model: ModelSource, wrt: Sequence[str] | str, rule: str | Method = "gradient",
                    output: str | None = None) -> onnx.ModelProto:
     """A model (image, target) -> raw backward signal at each tensor in `wrt` (outputs named
-    `grad:<name>` in the order given; the signal is ∂ logit_target / ∂ tensor for the gradient
-    rule, the rectified signal for the others). `wrt` takes layer names, tensor names and, for
-    the gradient rule, parameter names (conv/Gemm/MatMul weights and biases, BatchNormalization
-    scale and bias, as named in the canonical model): their gradients summed over the batch.
+    `grad:<name>` in the order given). `rule`: the method whose walk runs, by name (gradient,
+    guided_backprop, deconvnet, tsgb, ebp, cebp, …) or as an object with options
+    (`methods.TSGB(gamma=0.8)`); the signal is ∂ logit_target / ∂ tensor for the gradient, the
+    method's modified signal for the others. `wrt` takes layer names, tensor names and, for the
+    gradient, parameter names (conv/Gemm/MatMul weights and biases, BatchNormalization scale
+    and bias, as named in the canonical model): their gradients summed over the batch.
     `output`: the model output explained, as in `Explainer`."""
     canon = canonicalize(model, output=output)
     wrt = [wrt] if isinstance(wrt, str) else list(wrt)
     asm = _Assembly(canon)
     names = LayerNames(asm.index, canon.input_name)
-    params = set(meta.parameters(asm.index)) if rule == "gradient" else set()
+    walk = methods_mod.resolve(rule).walk(names)
+    params = set(meta.parameters(asm.index)) if walk == TableWalk(GRADIENT) else set()
     tensors = [w if w in params else names.resolve(w) for w in wrt]
-    grads = asm.grads(rule, tensors)
+    signals = asm.signals(walk, tensors)
     outputs = []
     for label, tensor in zip(wrt, tensors):
-        g = grads[tensor]
+        g = signals[tensor]
         if g is None:
             g = asm.b.zeros_like(tensor)
         outputs.append((f"grad:{label}", g, asm.index.rank(tensor) or 4))
@@ -332,24 +296,26 @@ class Explainer:
 
     def _build(self, fused: bool) -> onnx.ModelProto:
         asm = _Assembly(self.canonical, fused, self.meta_lr if self.meta else None)
-        by_walk: dict[tuple, list[MapRequest]] = {}
+        by_walk: dict[Walk, list[MapRequest]] = {}
         for req in self.requests:
-            options = req.method.rule_options()
-            by_walk.setdefault((req.method.rule, tuple(sorted(options.items()))), []).append(req)
+            by_walk.setdefault(req.method.walk(self.layer_names), []).append(req)
         maps: dict[str, str] = {}
         inp = self.canonical.input_name
-        for (rule, options), reqs in by_walk.items():
-            if rule in _RECTIFYING:
-                _warn_unrectified(asm, reqs)
-            grads = asm.grads(rule, [asm.read(r.tensor) for r in reqs], dict(options))
+        for walk, reqs in by_walk.items():
+            taps = [asm.read(r.tensor) for r in reqs]
+            warning = walk.warning(asm.index, asm.seeds, taps)
+            if warning:
+                names = ", ".join(dict.fromkeys(r.method.name for r in reqs))
+                warnings.warn(f"{names}: {warning}", stacklevel=3)
+            signals = asm.signals(walk, taps)
             for req in reqs:
                 tensor = asm.read(req.tensor)
-                g = grads[tensor]
+                g = signals[tensor]
                 if g is None:
-                    raise LayerNotFoundError(
+                    raise ModelError(
                         f"No gradient reaches '{req.key.split('@')[-1]}': the model's output does "
                         "not depend on it.")
-                saliency = req.method.head(asm.b, tensor, g)
+                saliency = req.method.head(signals.context, tensor, g)
                 if req.tensor != inp:
                     saliency = asm.b.squeeze(
                         asm.b.resize_to(asm.b.unsqueeze(saliency, [1]), inp), [1])
@@ -357,11 +323,12 @@ class Explainer:
         if self.combination is not None:
             maps = self.combination.apply(asm.b, maps, self.requests)
         outputs = [(key, maps[key], 3) for key in self.map_names]   # the order asked for
-        meta = {"onnx_saliency.maps": list(maps), "onnx_saliency.input": inp,
-                "onnx_saliency.logits": self.canonical.output_name,
-                "onnx_saliency.output": self.canonical.original_output,
-                "onnx_saliency.fused": fused, "onnx_saliency.meta_lr": self.meta_lr if self.meta else None}
-        return asm.finish(outputs, keep_logits=True, metadata=meta, finite=True)
+        metadata = {"onnx_saliency.maps": list(maps), "onnx_saliency.input": inp,
+                    "onnx_saliency.logits": self.canonical.output_name,
+                    "onnx_saliency.output": self.canonical.original_output,
+                    "onnx_saliency.fused": fused,
+                    "onnx_saliency.meta_lr": self.meta_lr if self.meta else None}
+        return asm.finish(outputs, keep_logits=True, metadata=metadata, finite=True)
 
     # -- running ----------------------------------------------------------------------------
     @property

@@ -1,8 +1,12 @@
 """Fused ops of the domain `ai.onnx_saliency` and their portable twins in standard ONNX ops.
 
-Each builder emits the custom-op node when the graph builder is in fused mode (`b.fused`), else
-the decomposition below; a test proves the two agree. The C++/CUDA kernels live in
-`csrc/kernels`, the ONNX Runtime adapters in `csrc/ort` (library: `library_path()`).
+`normgrad` and `rectified_conv_transpose` emit the custom-op node when the graph builder is in
+fused mode (`b.fused`), else the decomposition below. `max_pool_gradient` and
+`max_pool_relevance` emit the custom-op node only: their portable twins need the forward graph
+(the pool's Indices output, the TSGB records), so the rules that call them (rules/pooling.py,
+rules/tsgb.py) choose between the node and the twin. Tests check each op against its twin's
+computation (tests/test_kernels.py). The C++/CUDA kernels live in `csrc/kernels`, the ONNX
+Runtime adapters in `csrc/ort` (library: `library_path()`).
 
 NormGrad(g, a; mode, kernel_shape, strides, pads, dilations) -> [N,1,Ho,Wo]
     identity:  ‖g_u‖·‖a_u‖          = ReduceL2(g) · ReduceL2(a)

@@ -1,16 +1,20 @@
-"""Read-only index over an ONNX graph, and the builder that emits new nodes into it.
+"""An index over an ONNX graph, and the builder that emits new nodes beside it.
 
 `GraphIndex` answers the questions the reverse walk asks (who produces a tensor, who consumes
-it, its static shape, its constant value). `GraphBuilder` appends nodes with fresh names and
+it, its static shape, its constant value). `GraphBuilder` emits nodes with fresh names and
 de-duplicates identical nodes (same op, inputs and attributes), which is what lets several
 methods share backward work until their rules differ.
+
+What writes where: the builder registers each constant it makes in the index (value, shape,
+type), so rules read emitted constants like the model's own; nothing else writes to the index,
+and no forward node is edited while the walks run. A rule that needs more of a forward node (a
+MaxPool's Indices output) asks `GraphBuilder.forward_output`, which names the output and
+records the edit; the assembly (explainer.py) applies the edits with the builder's nodes.
 """
 
 from __future__ import annotations
 
-import heapq
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -31,7 +35,8 @@ def opset_version(model: onnx.ModelProto, domain: str = "") -> int:
 
 
 class GraphIndex:
-    """Producers, consumers, types, shapes and constants of one (canonical) graph."""
+    """Producers, consumers, types, shapes and constants of one (canonical) graph, plus the
+    constants a GraphBuilder emits over it (see the module docstring)."""
 
     def __init__(self, model: onnx.ModelProto):
         self.model = model
@@ -114,18 +119,6 @@ def _freeze(value):
     return value
 
 
-@dataclass(frozen=True)
-class Broadcast:
-    """A tensor emitted as sign ⊙ Conv(spread, weight): a one-channel map `spread` [N,1,H,W]
-    repeated over the channels by the all-ones 1×1 `weight` [C,1,1,1], times `sign` = sign(a)
-    (TSGB-Conv's ĝ_a), or unsigned (sign None). Kept so that sums and later rules can work on
-    `spread` alone."""
-    a: str
-    sign: str | None
-    spread: str
-    weight: str
-
-
 class GraphBuilder:
     """Emits nodes and constants with fresh names; identical nodes are emitted once (CSE)."""
 
@@ -142,12 +135,7 @@ class GraphBuilder:
         self._counter = 0
         self._cse: dict[tuple, list[str]] = {}
         self._consts: dict[tuple, str] = {}
-        # how some outputs were made, for rules that rewrite through them (TSGB):
-        self.broadcasts: dict[str, Broadcast] = {}         # broadcast() -> its factors
-        self.summands: dict[str, list[str]] = {}           # sum() of several -> its terms
-        self.masked: dict[str, tuple[str, str]] = {}       # g ⊙ 1[y>0] -> (g, y)
-        self.pooled: dict[str, tuple[str, str, dict]] = {}  # MaxPool backward of sign(p) ⊙ B(s)
-        #                                                     -> (pool input, s, pool geometry)
+        self.forward_edits: dict[str, dict[int, str]] = {}  # forward node -> {output slot: name}
 
     def fresh(self, hint: str) -> str:
         while True:
@@ -238,130 +226,30 @@ class GraphBuilder:
     def zeros_like(self, x: str) -> str:
         return self.op("Mul", x, self.const(0.0))
 
-    def broadcast(self, a: str, sign: str | None, spread: str, weight: str) -> str:
-        """sign ⊙ Conv(spread, weight) (without sign: the Conv), recorded as a `Broadcast`."""
-        out = self.op("Conv", spread, weight)
-        if sign is not None:
-            out = self.op("Mul", sign, out)
-        self.broadcasts[out] = Broadcast(a, sign, spread, weight)
-        return out
-
     def sum(self, terms: Sequence[str]) -> str:
-        """Σ terms; broadcasts with the same sign and weight are summed as one-channel maps first
-        (Σ_i m ⊙ B(s_i) = m ⊙ B(Σ_i s_i))."""
-        groups: dict[tuple[str, str], list[Broadcast]] = defaultdict(list)
-        for t in terms:
-            if t in self.broadcasts:
-                f = self.broadcasts[t]
-                groups[(f.sign, f.weight)].append(f)
-        merged: list[str] = []
-        for t in terms:
-            f = self.broadcasts.get(t)
-            group = groups.get((f.sign, f.weight)) if f is not None else None
-            if group is None or len(group) == 1:
-                merged.append(t)
-            elif group[0] is f:
-                spread = self.op("Sum", *(g.spread for g in group))
-                merged.append(self.broadcast(f.a, f.sign, spread, f.weight))
-        if len(merged) == 1:
-            return merged[0]
-        out = self.op("Sum", *merged)
-        self.summands[out] = merged
-        return out
+        """Σ terms: the one term itself, else one Sum node."""
+        return terms[0] if len(terms) == 1 else self.op("Sum", *terms)
+
+    def forward_output(self, node: onnx.NodeProto, slot: int, hint: str) -> str:
+        """The name of output `slot` of the forward `node`; where the model leaves it off, a
+        fresh name, and the edit recorded for `apply_forward_edits` (the node stays as it is)."""
+        if slot < len(node.output) and node.output[slot]:
+            return node.output[slot]
+        edits = self.forward_edits.setdefault(node.name, {})
+        if slot not in edits:
+            edits[slot] = self.fresh(hint)
+        return edits[slot]
+
+    def apply_forward_edits(self, graph: onnx.GraphProto) -> None:
+        """Switch on, in `graph` (the indexed forward graph), the outputs `forward_output` named."""
+        for node in graph.node:
+            for slot, name in sorted(self.forward_edits.get(node.name, {}).items()):
+                while len(node.output) <= slot:
+                    node.output.append("")
+                node.output[slot] = name
 
     def resize_to(self, x: str, like: str) -> str:
         """Bilinear (half-pixel) resize of a 4-D tensor to the spatial size of 4-D `like`."""
         sizes = self.op("Concat", self.shape(x, 0, 2), self.shape(like, 2, 4), axis=0)
         return self.op("Resize", x, "", "", sizes, mode="linear",
                        coordinate_transformation_mode="half_pixel")
-
-
-def interleave_early(graph: onnx.GraphProto, added: Sequence[onnx.NodeProto]) -> list[onnx.NodeProto]:
-    """graph's nodes with `added` merged in: each added node goes right after the node that makes
-    the last of its inputs (its order among the added nodes kept), so backward nodes that read
-    only forward tensors (ReLU masks, TSGB denominators) run beside the forward pass.
-
-    ONNX Runtime runs nodes in this order where it can, and lets a node overwrite an input in
-    place only when it is that input's last reader: a mask read off an activation early leaves
-    the residual Add (fused into the next Conv) the activation's last reader, as in the plain
-    forward pass; read at the end of the graph, every such Add first copies the activation."""
-    made = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    missing = [len(set(node.input) - made) for node in added]
-    waiting: dict[str, list[int]] = defaultdict(list)
-    for k, node in enumerate(added):
-        for i in set(node.input) - made:
-            waiting[i].append(k)
-    out: list[onnx.NodeProto] = []
-    placed = [False] * len(added)
-
-    def place(node: onnx.NodeProto, ready: list[int]) -> None:
-        """Emit `node`; push the added nodes it completes onto the heap `ready`."""
-        out.append(node)
-        for o in node.output:
-            for k in waiting.pop(o, []):
-                missing[k] -= 1
-                if missing[k] == 0:
-                    heapq.heappush(ready, k)
-
-    def drain(ready: list[int]) -> None:
-        while ready:
-            k = heapq.heappop(ready)
-            placed[k] = True
-            place(added[k], ready)
-
-    ready = [k for k, m in enumerate(missing) if m == 0]
-    heapq.heapify(ready)
-    drain(ready)
-    for node in graph.node:
-        place(node, ready)
-        drain(ready)
-    out.extend(node for k, node in enumerate(added) if not placed[k])
-    return out
-
-
-def copy_fused_sum_operands(graph: onnx.GraphProto, added: Sequence[onnx.NodeProto],
-                            index: GraphIndex) -> list[onnx.NodeProto]:
-    """`added` plus, for each residual Add(conv, s) of `graph` whose skip operand s is also read
-    by a backward node after the seed, a copy of s (an identity 1×1 MaxPool, kept in ONNX
-    Runtime's blocked layout) that the Add takes instead of s (the Add is rewired in place).
-
-    ONNX Runtime fuses Conv → Add(·, s) into one Conv that accumulates into s's buffer, in place
-    only when that Conv is s's last reader; otherwise the Conv first copies s, at about twice the
-    cost of this copy (ResNet-50 layer1, batch 8: 6 → 17 ms per block). The copy is the fused
-    Conv's own operand, so its buffer is free to overwrite whatever order the session runs nodes
-    in."""
-    readers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in [*graph.node, *added]:
-        for i in node.input:
-            readers[i].append(node)
-    producer = index.producer          # `graph` is the indexed forward graph
-    outputs = {o.name for o in graph.output}
-
-    def fused_conv_output(t: str) -> bool:
-        p = producer.get(t)
-        return p is not None and p.op_type == "Conv" and len(readers[t]) == 1 and t not in outputs
-
-    early = ({i.name for i in graph.input} | {t.name for t in graph.initializer} | set(producer)
-             | {""})
-    late_reads = set()
-    for node in added:
-        if all(i in early for i in node.input):
-            early.update(node.output)
-        else:
-            late_reads.update(node.input)
-    copies = []
-    for node in graph.node:
-        if node.op_type != "Add" or len(node.input) != 2:
-            continue
-        k = 1 if fused_conv_output(node.input[0]) else 0 if fused_conv_output(node.input[1]) else None
-        if k is None:
-            continue
-        s = node.input[k]
-        shape = index.shapes.get(s)
-        if (s in producer and s in late_reads and index.is_float(s) and shape is not None
-                and len(shape) == 4 and isinstance(shape[1], int) and shape[1] % 16 == 0):
-            copy = f"{s}/osal_copy_for/{node.name}"
-            copies.append(helper.make_node("MaxPool", [s], [copy], name=f"osal/copy/{s}",
-                                           kernel_shape=[1, 1]))
-            node.input[k] = copy
-    return copies + list(added)

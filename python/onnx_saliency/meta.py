@@ -21,10 +21,10 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .backward.rules import RULE_TABLES
+from .backward.rules import GRADIENT
 from .backward.walk import backward
 from .canonical import symbolic_batch
-from .errors import MethodError
+from .errors import ModelError
 from .graph import GraphBuilder, GraphIndex
 
 PREFIX = "meta/"
@@ -47,7 +47,7 @@ def sgd_step(b: GraphBuilder, index: GraphIndex, logits: str, onehot: str, lr: f
              ) -> dict[str, str]:
     """{parameter: its stepped value θ − η ∂CE/∂θ} (parameters the loss reaches)."""
     if (index.rank(logits) or 0) != 2:
-        raise MethodError("meta=True needs [N, classes] logits (a classifier).")
+        raise ModelError("meta=True needs [N, classes] logits (a classifier).")
     ce_grad = b.op("Sub", b.op("Softmax", logits, axis=1), onehot)
     # walk a unit-scaled signal: for a confident model softmax − onehot is ~1e-30 and the whole
     # walk would run on denormal floats (10-100x slower); the step is linear in the signal, so
@@ -55,7 +55,7 @@ def sgd_step(b: GraphBuilder, index: GraphIndex, logits: str, onehot: str, lr: f
     peak = b.reduce("ReduceMax", b.op("Abs", ce_grad), [0, 1], keepdims=False)
     scale = b.op("Where", b.op("Greater", peak, b.const(np.float32(0))), peak, b.const(np.float32(1)))
     params = parameters(index)
-    grads = backward(b, index, RULE_TABLES["gradient"], {logits: b.op("Div", ce_grad, scale)}, params)
+    grads = backward(b, index, GRADIENT, {logits: b.op("Div", ce_grad, scale)}, params)
     step = b.op("Mul", scale, b.const(np.float32(lr)))
     # a step below 1e-20 moves no float32 weight (far under half an ulp) but would fill the
     # products with denormals: take it as 0

@@ -91,7 +91,7 @@ def check_targets(target: TargetLike, n: int, num_classes: int | None) -> np.nda
 
 def run_session(session: ort.InferenceSession, names: Sequence[str], feeds: dict) -> list:
     """session.run, with ONNX Runtime's failures as one-sentence package errors (an
-    out-of-range target fails the graph's Gather: see explainer.seed_from_target)."""
+    out-of-range target fails the graph's Gather: see explainer.one_hot_seed)."""
     try:
         return session.run(list(names), feeds)
     except Exception as exc:  # ORT's pybind exceptions share no public base class

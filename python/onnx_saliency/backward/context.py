@@ -2,13 +2,14 @@
 
 A rule is `rule(ctx, node, grads) -> list[str | None]`: `grads[i]` is the backward signal at
 `node.output[i]` (None when no gradient reaches that output); the result holds one entry per
-`node.input`, None where no gradient is wanted ("absent", not zero).
+`node.input`, None where no gradient is wanted ("absent", not zero). Rules are registered in
+rule tables (table.py) where they are written.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnx
@@ -22,10 +23,21 @@ INT_MAX = 2**62
 
 @dataclass
 class RuleContext:
+    """One walk's view for its rules: the builder `b`, the forward graph's `index`, the tensors
+    the walk `needs` a signal at, the tensors it was asked for (`wrt`), and the typed `options`
+    of its rule table (TSGBOptions, EBPOptions; None for tables without options). Heads get the
+    context of the walk that made their signal. A table may hand its rules a subclass that
+    remembers what they emitted (rules/tsgb.py: TSGBContext)."""
+
     b: GraphBuilder
     index: GraphIndex
     needs: set[str] = field(default_factory=set)
-    options: dict = field(default_factory=dict)
+    wrt: frozenset[str] = frozenset()
+    options: Any = None
+
+    def sum(self, terms: Sequence[str]) -> str:
+        """Σ terms: the fan-out sum of the walk (one Sum node; TSGBContext merges broadcasts)."""
+        return self.b.sum(terms)
 
     def wants(self, node: onnx.NodeProto, i: int) -> bool:
         return i < len(node.input) and bool(node.input[i]) and node.input[i] in self.needs

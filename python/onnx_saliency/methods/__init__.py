@@ -1,4 +1,4 @@
-"""Saliency methods. A method is a backward rule table plus an extraction head (see base.py).
+"""Saliency methods. A method is the backward walk it needs plus an extraction head (base.py).
 
 Pass names (`"gradcam"`) or objects carrying options (`GradCAM(relu=False)`, `TSGB(gamma=0.8)`,
 `Extraction("identity3x3", "max_abs")`) to `Explainer`.

@@ -17,7 +17,8 @@ class GradCAM(Method):
     relu: bool = True
     at: str | None = None
 
-    def head(self, b, x, g):
+    def head(self, ctx, x, g):
+        b = ctx.b
         weights = b.reduce("ReduceMean", g, [2, 3], keepdims=True)
         cam = b.reduce("ReduceSum", b.op("Mul", x, weights), [1], keepdims=False)
         return b.op("Relu", cam) if self.relu else cam

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..backward.rules import DECONVNET, GUIDED_BACKPROP
+from ..backward.walk import TableWalk
 from .base import Method
 from .heads import aggregate, check_aggregation
 
@@ -26,8 +28,8 @@ class Gradient(Method):
     def __post_init__(self):
         check_aggregation(self.aggregate)
 
-    def head(self, b, x, g):
-        return aggregate(b, g, self.aggregate)
+    def head(self, ctx, x, g):
+        return aggregate(ctx.b, g, self.aggregate)
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,9 @@ class GuidedBackprop(Gradient):
     """Guided backprop: ReLU passes max(g, 0) where x > 0."""
 
     name = "guided_backprop"
-    rule = "guided_backprop"
+
+    def walk(self, layers):
+        return TableWalk(GUIDED_BACKPROP)
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,9 @@ class Deconvnet(Gradient):
     """Deconvnet: ReLU passes max(g, 0) regardless of the forward sign."""
 
     name = "deconvnet"
-    rule = "deconvnet"
+
+    def walk(self, layers):
+        return TableWalk(DECONVNET)
 
 
 @dataclass(frozen=True)
@@ -60,8 +66,8 @@ class InputXGradient(Method):
 
     name = "input_x_gradient"
 
-    def head(self, b, x, g):
-        return aggregate(b, b.op("Mul", x, g), "sum")
+    def head(self, ctx, x, g):
+        return aggregate(ctx.b, ctx.b.op("Mul", x, g), "sum")
 
 
 @dataclass(frozen=True)
@@ -73,5 +79,5 @@ class LinearApprox(Method):
     default_at_input = True
     at: str | None = None
 
-    def head(self, b, x, g):
-        return aggregate(b, b.op("Mul", x, g), "sum")
+    def head(self, ctx, x, g):
+        return aggregate(ctx.b, ctx.b.op("Mul", x, g), "sum")

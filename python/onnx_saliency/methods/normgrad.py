@@ -38,7 +38,7 @@ EXTRACTIONS = ("bias", "scaling", "identity", "identity3x3", "conv")
 class Extraction(Method):
     """One row of the framework table: `Extraction("identity3x3", "max_abs")` at any layer.
 
-    `backward` picks the rule table (gradient, guided_backprop, deconvnet)."""
+    `backward`: the method whose walk gives the signal (gradient, guided_backprop, deconvnet)."""
 
     extract: str = "identity"
     aggregate: str = "l2"
@@ -60,9 +60,9 @@ class Extraction(Method):
         prefix = "" if self.backward == "gradient" else f"{self.backward}_"
         return f"{prefix}{self.extract}_{self.aggregate}"
 
-    @property
-    def rule(self) -> str:  # type: ignore[override]
-        return self.backward
+    def walk(self, layers):
+        from . import resolve   # the package registry (it imports this module)
+        return resolve(self.backward).walk(layers)
 
     def default_tap(self, index, image):
         if self.extract != "conv":
@@ -70,8 +70,8 @@ class Extraction(Method):
         convs = [n.output[0] for n in index.nodes if n.op_type == "Conv"]
         return convs[-1] if convs else None
 
-    def head(self, b, x, g):
-        return b.squeeze(extraction_map(b, x, g, self.extract, self.aggregate), [1])
+    def head(self, ctx, x, g):
+        return ctx.b.squeeze(extraction_map(ctx, x, g, self.extract, self.aggregate), [1])
 
 
 @dataclass(frozen=True)
@@ -117,8 +117,9 @@ class NormGradSelective(Extraction):
 
 # -- the maps --------------------------------------------------------------------------------
 
-def extraction_map(b: GraphBuilder, x: str, g: str, extract: str, how: str) -> str:
+def extraction_map(ctx: RuleContext, x: str, g: str, extract: str, how: str) -> str:
     """[N, 1, h, w] map of the virtual layer `extract` at x with backward signal g."""
+    b = ctx.b
     if extract == "bias":
         return b.unsqueeze(aggregate(b, g, how), [1])
     if extract == "scaling":
@@ -130,7 +131,7 @@ def extraction_map(b: GraphBuilder, x: str, g: str, extract: str, how: str) -> s
     elif extract == "identity3x3":
         a, geo = x, dict(kernel=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1])
     else:
-        a, geo = _conv_input_and_geometry(b, x)
+        a, geo = _conv_input_and_geometry(ctx, x)
         group = geo.pop("group")
         if group > 1:
             if how != "l2":
@@ -143,13 +144,13 @@ def extraction_map(b: GraphBuilder, x: str, g: str, extract: str, how: str) -> s
     return _outer_aggregate(b, g, a, geo, how)
 
 
-def _conv_input_and_geometry(b: GraphBuilder, x: str) -> tuple[str, dict]:
-    node = b.index.producer.get(x)
+def _conv_input_and_geometry(ctx: RuleContext, x: str) -> tuple[str, dict]:
+    node = ctx.index.producer.get(x)
     if node is None or node.op_type != "Conv":
         what = f"op {node.op_type}" if node is not None else "a graph input"
         raise MethodError(f"The 'conv' extraction needs a convolution layer, but '{x}' is the "
                           f"output of {what}; name a Conv layer (see list_layers).")
-    kernel, geo, group = conv_params(RuleContext(b, b.index), node)
+    kernel, geo, group = conv_params(ctx, node)
     if len(kernel) != 2:
         raise MethodError(f"The 'conv' extraction needs a 2-D Conv; '{node.name}' is not.")
     return node.input[0], dict(kernel=kernel, group=group, **geo)

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..backward.context import RuleContext
 from ..backward.rules import tsgb as tsgb_rules
+from ..backward.walk import TableWalk
 from ..errors import MethodError
 from .base import Method
 
@@ -22,7 +22,6 @@ class TSGB(Method):
     fc: "last" (the classifier only, the authors' code) or "all" fully-connected layers."""
 
     name = "tsgb"
-    rule = "tsgb"
     runtime_weights = False   # its rules are built from the weights' values
     layer_method = True
     default_at_input = True
@@ -37,11 +36,12 @@ class TSGB(Method):
         if not np.isfinite(self.gamma):
             raise MethodError("TSGB gamma must be a finite number.")
 
-    def rule_options(self) -> dict:
-        return {"gamma": float(self.gamma), "fc": self.fc}
+    def walk(self, layers):
+        return TableWalk(tsgb_rules.TSGB, tsgb_rules.TSGBOptions(float(self.gamma), self.fc))
 
-    def head(self, b, x, g):
-        m = b.squeeze(tsgb_rules.relevance(RuleContext(b, b.index), x, g), [1])
+    def head(self, ctx, x, g):
+        b = ctx.b
+        m = b.squeeze(tsgb_rules.relevance(ctx, x, g), [1])
         if not self.normalize:
             return m
         peak = b.reduce("ReduceMax", b.op("Abs", m), [1, 2], keepdims=True)

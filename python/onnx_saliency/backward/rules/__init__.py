@@ -1,24 +1,18 @@
-"""The rule tables: op type -> backward rule, one table per backward method.
+"""The backward rules, one function per op type, each registered in its rule table (table.py).
 
-Methods of the gradient family differ only at ReLU-like units (Relu, LeakyRelu, PRelu, ReLU6's
-Clip(0, M): activations.relu_like); TSGB replaces Conv, BatchNormalization and
-the fully-connected rules; EBP the linear ops, residual Add and the activations; everything else
-is the true gradient.
+GRADIENT (the true gradient) is filled by the modules imported here: conv, linear, elementwise,
+activations, pooling, normalization, shape_ops. The methods' tables are made over it and change
+only some rules: GUIDED_BACKPROP and DECONVNET at ReLU-like units (activations.py), TSGB at Conv,
+BatchNormalization, the fully-connected layers, Relu and MaxPool (tsgb.py), EBP at the linear
+ops, residual Add and the activations (ebp.py). Import the package before walking the gradient
+table: importing it registers every gradient rule.
 """
 
 from __future__ import annotations
 
-from . import activations, conv, ebp, elementwise, linear, normalization, pooling, shape_ops, tsgb
+from ..table import GRADIENT
+from . import activations, conv, elementwise, linear, normalization, pooling, shape_ops
+from .activations import DECONVNET, GUIDED_BACKPROP
 
-GRADIENT = {**conv.RULES, **linear.RULES, **elementwise.RULES, **activations.RULES,
-            **pooling.RULES, **normalization.RULES, **shape_ops.RULES}
-
-RULE_TABLES = {
-    "gradient": GRADIENT,
-    "guided_backprop": {**GRADIENT, **activations.GUIDED_RULES},
-    "deconvnet": {**GRADIENT, **activations.DECONVNET_RULES},
-    "tsgb": {**GRADIENT, **tsgb.RULES},
-    "ebp": {**GRADIENT, **ebp.RULES},
-}
-# contrastive EBP walks the EBP table twice to the contrast layer, then once more (explainer.py)
-RULE_TABLES["cebp"] = RULE_TABLES["ebp"]
+__all__ = ["GRADIENT", "GUIDED_BACKPROP", "DECONVNET", "activations", "conv", "elementwise",
+           "linear", "normalization", "pooling", "shape_ops"]

@@ -13,6 +13,9 @@ it keeps its true gradient (ReLU6: 1[x<6]·max(g,0)). Other units (SiLU, GELU, H
 with another min) take their true gradient in every method of the family.
 HardSigmoid: g·α·1[0<αx+β<1]. HardSwish: g·(0 if x<−3, 1 if x>3, else (2x+3)/6).
 Softmax: y⊙(g − Σ g⊙y). LogSoftmax: g − exp(y)·Σ g.
+
+Tables: the true gradients in GRADIENT; GUIDED_BACKPROP and DECONVNET over it, changing the
+ReLU-like units only (a walk that meets none warns: its map is the gradient's).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import onnx
 
 from ...graph import attrs_of
 from ..context import RuleContext, channel_scale
+from ..table import GRADIENT, RuleTable
 
 
 def _mask(ctx: RuleContext, cond: str, g: str) -> str:
@@ -63,10 +67,12 @@ def _relu_mask(ctx: RuleContext, node) -> str:
     return ctx.b.op("Cast", positive, to=ctx.index.types.get(y, 1))
 
 
+@GRADIENT.rule("Relu")
 def relu_gradient(ctx, node, grads):
     return [ctx.b.op("Mul", grads[0], _relu_mask(ctx, node))]
 
 
+@GRADIENT.rule("LeakyRelu")
 def leaky_relu(ctx, node, grads):
     alpha = attrs_of(node).get("alpha", 0.01)
     b = ctx.b
@@ -74,6 +80,7 @@ def leaky_relu(ctx, node, grads):
     return [b.op("Mul", grads[0], slope)]
 
 
+@GRADIENT.rule("PRelu")
 def prelu(ctx, node, grads):
     b = ctx.b
     if ctx.wants(node, 1):
@@ -82,6 +89,7 @@ def prelu(ctx, node, grads):
     return [b.op("Where", _positive(ctx, node.input[0]), grads[0], scaled), None]
 
 
+@GRADIENT.rule("Clip")
 def clip(ctx, node, grads):
     b, x = ctx.b, node.input[0]
     keep = None
@@ -94,16 +102,19 @@ def clip(ctx, node, grads):
     return [g] + [None] * (len(node.input) - 1)
 
 
+@GRADIENT.rule("Sigmoid")
 def sigmoid(ctx, node, grads):
     b, y = ctx.b, node.output[0]
     return [b.op("Mul", grads[0], b.op("Mul", y, b.op("Sub", b.const(1.0), y)))]
 
 
+@GRADIENT.rule("Tanh")
 def tanh(ctx, node, grads):
     b, y = ctx.b, node.output[0]
     return [b.op("Mul", grads[0], b.op("Sub", b.const(1.0), b.op("Mul", y, y)))]
 
 
+@GRADIENT.rule("HardSigmoid")
 def hard_sigmoid(ctx, node, grads):
     a = attrs_of(node)
     alpha, beta = a.get("alpha", 0.2), a.get("beta", 0.5)
@@ -113,6 +124,7 @@ def hard_sigmoid(ctx, node, grads):
     return [_mask(ctx, inside, b.op("Mul", grads[0], b.const(alpha)))]
 
 
+@GRADIENT.rule("HardSwish")
 def hard_swish(ctx, node, grads):
     b, x = ctx.b, node.input[0]
     mid = b.op("Add", b.op("Mul", x, b.const(1.0 / 3.0)), b.const(0.5))
@@ -125,16 +137,21 @@ def _axis(node, default: int) -> int:
     return attrs_of(node).get("axis", default)
 
 
+@GRADIENT.rule("Softmax")
 def softmax(ctx, node, grads):
     b, y, g = ctx.b, node.output[0], grads[0]
     dot = b.reduce("ReduceSum", b.op("Mul", g, y), [_axis(node, -1)], keepdims=True)
     return [b.op("Mul", y, b.op("Sub", g, dot))]
 
 
+@GRADIENT.rule("LogSoftmax")
 def log_softmax(ctx, node, grads):
     b, y, g = ctx.b, node.output[0], grads[0]
     total = b.reduce("ReduceSum", g, [_axis(node, -1)], keepdims=True)
     return [b.op("Sub", g, b.op("Mul", b.op("Exp", y), total))]
+
+
+RELU_LIKE_OPS = ("Relu", "LeakyRelu", "PRelu", "Clip")
 
 
 def relu_like(node: onnx.NodeProto, index) -> bool:
@@ -149,28 +166,30 @@ def relu_like(node: onnx.NodeProto, index) -> bool:
     return low is not None and low.size == 1 and float(low) == 0.0
 
 
-def _guided(true_rule):
+_NOTHING_RECTIFIED = (
+    f"the model has no ReLU-like unit ({', '.join(RELU_LIKE_OPS[:-1])} or Clip with min 0) "
+    "between the input and the logits, so nothing is rectified and the map equals the plain "
+    "gradient's.")
+GUIDED_BACKPROP = RuleTable("guided_backprop", over=GRADIENT, acts_on=relu_like,
+                            inert_warning=_NOTHING_RECTIFIED)
+DECONVNET = RuleTable("deconvnet", over=GRADIENT, acts_on=relu_like,
+                      inert_warning=_NOTHING_RECTIFIED)
+
+
+@GUIDED_BACKPROP.rule(*RELU_LIKE_OPS)
+def guided(ctx, node, grads):
     """Guided backprop at a ReLU-like unit: its true backward rule applied to max(g, 0)."""
-    def rule(ctx, node, grads):
-        if relu_like(node, ctx.index):
-            grads = [ctx.b.op("Relu", grads[0]), *grads[1:]]
-        return true_rule(ctx, node, grads)
-    return rule
+    if relu_like(node, ctx.index):
+        grads = [ctx.b.op("Relu", grads[0]), *grads[1:]]
+    return GRADIENT[node.op_type](ctx, node, grads)
 
 
-def _deconvnet(ctx, node, grads):
+@DECONVNET.rule(*RELU_LIKE_OPS)
+def deconvnet(ctx, node, grads):
     """Deconvnet at a ReLU-like unit: max(g, 0), then a Clip's upper bound (1[x<max])."""
     if not relu_like(node, ctx.index):
-        return RULES[node.op_type](ctx, node, grads)
+        return GRADIENT[node.op_type](ctx, node, grads)
     g = ctx.b.op("Relu", grads[0])
     if node.op_type == "Clip" and len(node.input) > 2 and node.input[2]:
         g = _mask(ctx, ctx.b.op("Less", node.input[0], node.input[2]), g)
     return [g] + [None] * (len(node.input) - 1)
-
-
-RULES = {"Relu": relu_gradient, "LeakyRelu": leaky_relu, "PRelu": prelu, "Clip": clip,
-         "Sigmoid": sigmoid, "Tanh": tanh, "HardSigmoid": hard_sigmoid, "HardSwish": hard_swish,
-         "Softmax": softmax, "LogSoftmax": log_softmax}
-RELU_LIKE_OPS = ("Relu", "LeakyRelu", "PRelu", "Clip")
-GUIDED_RULES = {op: _guided(RULES[op]) for op in RELU_LIKE_OPS}
-DECONVNET_RULES = {op: _deconvnet for op in RELU_LIKE_OPS}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..context import RuleContext, conv_params, conv_transpose_to, to_blocked_layout
+from ..table import GRADIENT
 
 
 def _flipped_transposed(w: np.ndarray, group: int) -> np.ndarray:
@@ -37,6 +38,7 @@ def _transposed_in_graph(ctx: RuleContext, w: str, wshape: list, group: int) -> 
     return b.op("Reshape", swapped, b.ints([group * cg, m // group] + k))
 
 
+@GRADIENT.rule("Conv")
 def conv(ctx: RuleContext, node, grads):
     g = grads[0]
     x, w = node.input[0], node.input[1]
@@ -144,5 +146,3 @@ def _weight_gradient_im2col(ctx, g, x, k_out, cg, kernel, geo, group, out_hw):
         dw = b.op("Transpose", dw, perm=[0, 2, 1])                             # [G, Kg, Cg·k²]
     return b.op("Reshape", dw, b.ints([k_out, cg, kh, kw]))
 
-
-RULES = {"Conv": conv}

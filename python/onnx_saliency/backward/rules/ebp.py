@@ -6,18 +6,30 @@ Conv and Gemm/MatMul use W⁺; average pools use the op itself; residual Add spl
 to the addends' positive parts (p_u = u⁺ ⊙ p / Σ u⁺; the addends are signed pre-activations); a
 BatchNormalization left in the graph is the per-channel scale s: p passes where s > 0. ReLU and
 other monotone activations pass p unchanged; MaxPool routes p to the argmax; shape ops route it.
-Where f(x, W⁺) = 0 the ratio is taken as 0. Option (ctx.options) `negate_last_fc`: the last
-fully-connected layer uses max(−W, 0) (the contrastive pass of c-EBP).
+Where f(x, W⁺) = 0 the ratio is taken as 0. Options: EBPOptions(negated): the fully-connected
+nodes named there use max(−W, 0) (c-EBP's contrastive pass negates the classifier).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
 from ..context import RuleContext
-from . import conv as conv_rules, elementwise, linear, pooling
-from .tsgb import selected_fc_nodes
+from ..table import GRADIENT, RuleTable
+from . import elementwise, linear
+
+
+@dataclass(frozen=True)
+class EBPOptions:
+    """negated: names of the fully-connected nodes whose weights enter negated, max(−W, 0)."""
+
+    negated: frozenset[str] = frozenset()
+
+
+EBP = RuleTable("ebp", over=GRADIENT)
 
 
 def _ratio(ctx: RuleContext, p: str, z: str) -> str:
@@ -52,8 +64,7 @@ def _linear(ctx: RuleContext, node, grads, backward_rule):
     if not ctx.wants(node, 0):
         return result
     b, x = ctx.b, node.input[0]
-    negate = (ctx.options.get("negate_last_fc") and node.op_type in ("Gemm", "MatMul")
-              and node.name in selected_fc_nodes(ctx))
+    negate = node.op_type in ("Gemm", "MatMul") and node.name in ctx.options.negated
     w_pos = _positive_weight(ctx, node, negate)
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     if node.op_type == "Gemm":
@@ -65,26 +76,30 @@ def _linear(ctx: RuleContext, node, grads, backward_rule):
     return result
 
 
+@EBP.rule("Conv")
 def conv(ctx, node, grads):
-    return _linear(ctx, node, grads, conv_rules.conv)
+    return _linear(ctx, node, grads, GRADIENT["Conv"])
 
 
+@EBP.rule("Gemm", "MatMul")
 def fully_connected(ctx, node, grads):
     if node.op_type == "MatMul" and (ctx.index.const(node.input[1]) is None
                                      or ctx.index.const(node.input[1]).ndim != 2):
         return linear.matmul(ctx, node, grads)
-    return _linear(ctx, node, grads, linear.RULES[node.op_type])
+    return _linear(ctx, node, grads, GRADIENT[node.op_type])
 
 
+@EBP.rule("AveragePool", "GlobalAveragePool")
 def pool_proportional(ctx, node, grads):
     """Average pools: p_in = x ⊙ f*(p / f(x)) (the op's weights are already positive)."""
     if not ctx.wants(node, 0):
         return [None] * len(node.input)
     b, x, y = ctx.b, node.input[0], node.output[0]
-    back = pooling.RULES[node.op_type](ctx, node, [_ratio(ctx, grads[0], y)])[0]
+    back = GRADIENT[node.op_type](ctx, node, [_ratio(ctx, grads[0], y)])[0]
     return [b.op("Mul", x, back)] + [None] * (len(node.input) - 1)
 
 
+@EBP.rule("Add", "Sum")
 def add(ctx, node, grads):
     """Residual sum of activations: p_u = u⁺ ⊙ p / Σ_i u_i⁺ (the addends are pre-activation and
     may be negative; their positive parts keep p a probability: p ≥ 0 and Σ p conserved wherever
@@ -98,6 +113,7 @@ def add(ctx, node, grads):
             if ctx.wants(node, i) else None for i in range(len(node.input))]
 
 
+@EBP.rule("BatchNormalization")
 def batch_norm(ctx, node, grads):
     scale, var = ctx.index.const(node.input[1]), ctx.index.const(node.input[4])
     if scale is None or var is None:
@@ -107,9 +123,7 @@ def batch_norm(ctx, node, grads):
     return [ctx.b.op("Mul", grads[0], ctx.b.const(keep))] + [None] * 4
 
 
-RULES = {
-    "Conv": conv, "Gemm": fully_connected, "MatMul": fully_connected,
-    "AveragePool": pool_proportional, "GlobalAveragePool": pool_proportional,
-    "Add": add, "Sum": add, "BatchNormalization": batch_norm,
-    **{op: elementwise.passthrough for op in ("Relu", "LeakyRelu", "PRelu", "Clip")},
-}
+@EBP.rule("Relu", "LeakyRelu", "PRelu", "Clip")
+def monotone(ctx, node, grads):
+    """Monotone activations pass p unchanged."""
+    return elementwise.passthrough(ctx, node, grads)

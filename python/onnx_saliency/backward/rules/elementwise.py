@@ -8,6 +8,7 @@ Identity, Dropout (inference), float-to-float Cast: pass the signal through.
 from __future__ import annotations
 
 from ..context import RuleContext
+from ..table import GRADIENT
 
 
 def _each(ctx: RuleContext, node, terms):
@@ -17,21 +18,25 @@ def _each(ctx: RuleContext, node, terms):
             for i, make in enumerate(terms)]
 
 
+@GRADIENT.rule("Add", "Sum")
 def add(ctx, node, grads):
     g = grads[0]
     return _each(ctx, node, [lambda: g] * len(node.input))
 
 
+@GRADIENT.rule("Sub")
 def sub(ctx, node, grads):
     g = grads[0]
     return _each(ctx, node, [lambda: g, lambda: ctx.b.op("Neg", g)])
 
 
+@GRADIENT.rule("Mul")
 def mul(ctx, node, grads):
     g, (a, b) = grads[0], node.input
     return _each(ctx, node, [lambda: ctx.b.op("Mul", g, b), lambda: ctx.b.op("Mul", g, a)])
 
 
+@GRADIENT.rule("Div")
 def div(ctx, node, grads):
     g, b, y = grads[0], node.input[1], node.output[0]
     return _each(ctx, node, [
@@ -39,20 +44,20 @@ def div(ctx, node, grads):
         lambda: ctx.b.op("Neg", ctx.b.op("Div", ctx.b.op("Mul", g, y), b))])
 
 
+@GRADIENT.rule("Neg")
 def neg(ctx, node, grads):
     return [ctx.b.op("Neg", grads[0])]
 
 
+@GRADIENT.rule("Identity", "Dropout")
 def passthrough(ctx, node, grads):
     return [grads[0]] + [None] * (len(node.input) - 1)
 
 
+@GRADIENT.rule("Cast")
 def cast(ctx, node, grads):
     if not ctx.index.is_float(node.input[0]):
         return [None]
     to = ctx.index.types[node.input[0]]
     return [grads[0] if to == ctx.index.types.get(node.output[0]) else ctx.b.op("Cast", grads[0], to=to)]
 
-
-RULES = {"Add": add, "Sub": sub, "Mul": mul, "Div": div, "Sum": add, "Neg": neg,
-         "Identity": passthrough, "Dropout": passthrough, "Cast": cast}

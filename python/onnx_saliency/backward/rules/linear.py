@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from ...graph import attrs_of
 from ..context import RuleContext
+from ..table import GRADIENT
 
 
+@GRADIENT.rule("Gemm")
 def gemm(ctx: RuleContext, node, grads):
     g = grads[0]
     b = ctx.b
@@ -44,6 +46,7 @@ def _swap_last_two(ctx: RuleContext, node, x: str) -> str:
     return ctx.b.op("Transpose", x, perm=perm)
 
 
+@GRADIENT.rule("MatMul")
 def matmul(ctx: RuleContext, node, grads):
     g = grads[0]
     A, B = node.input[0], node.input[1]
@@ -56,5 +59,3 @@ def matmul(ctx: RuleContext, node, grads):
         result[1] = ctx.unbroadcast(db, B, node.output[0], matrix=True)
     return result
 
-
-RULES = {"Gemm": gemm, "MatMul": matmul}

@@ -9,8 +9,10 @@ import numpy as np
 
 from ...graph import attrs_of
 from ..context import RuleContext
+from ..table import GRADIENT
 
 
+@GRADIENT.rule("BatchNormalization")
 def batch_norm(ctx: RuleContext, node, grads):
     a = attrs_of(node)
     if a.get("training_mode", 0) or len([o for o in node.output if o]) > 1:
@@ -41,5 +43,3 @@ def batch_norm(ctx: RuleContext, node, grads):
     result[0] = b.op("Mul", grads[0], factor)
     return result
 
-
-RULES = {"BatchNormalization": batch_norm}

@@ -1,8 +1,8 @@
 """Pooling and reductions.
 
 MaxPool: the signal goes to each window's argmax; overlapping windows add up (scatter-add of g
-  at the forward node's Indices output, which the rule switches on; fused: the MaxPoolGradient
-  op recomputes the argmax from x, fused.py).
+  at the forward node's Indices output, which the rule asks the builder to switch on; fused: the
+  MaxPoolGradient op recomputes the argmax from x, fused.py).
 AveragePool: dx = ConvTranspose(g / d, ones) with d the per-window divisor, computed in-graph as a
   box-sum of a ones map (padding counted when count_include_pad, never the ceil_mode overhang).
 GlobalAveragePool, ReduceMean: g / count, broadcast back. ReduceSum: g broadcast back.
@@ -16,19 +16,10 @@ import numpy as np
 from ... import fused
 from ...graph import attrs_of
 from ..context import RuleContext, conv_geometry, conv_transpose_to
+from ..table import GRADIENT
 
 
-def _indices_output(ctx: RuleContext, node) -> str:
-    """Switch on the Indices output of a forward MaxPool node (idempotent)."""
-    if len(node.output) < 2 or not node.output[1]:
-        name = ctx.b.fresh("maxpool_indices")
-        if len(node.output) < 2:
-            node.output.append(name)
-        else:
-            node.output[1] = name
-    return node.output[1]
-
-
+@GRADIENT.rule("MaxPool")
 def max_pool(ctx, node, grads):
     if attrs_of(node).get("storage_order", 0):
         raise ctx.unsupported(node, "uses storage_order=1")
@@ -38,7 +29,7 @@ def max_pool(ctx, node, grads):
         geo = conv_geometry(ctx, node, x, kernel)
         return [fused.max_pool_gradient(b, x, grads[0], kernel, geo["strides"], geo["pads"],
                                         geo["dilations"])]
-    indices = _indices_output(ctx, node)
+    indices = b.forward_output(node, 1, "maxpool_indices")
     flat = b.ints([-1])
     zeros = b.op("ConstantOfShape", b.op("Reshape", b.op("Size", x), b.ints([1])))
     scattered = b.op("ScatterElements", zeros, b.op("Reshape", indices, flat),
@@ -46,6 +37,7 @@ def max_pool(ctx, node, grads):
     return [b.op("Reshape", scattered, b.shape(x))]
 
 
+@GRADIENT.rule("AveragePool")
 def average_pool(ctx, node, grads):
     b, x, y = ctx.b, node.input[0], node.output[0]
     a = attrs_of(node)
@@ -97,6 +89,7 @@ def _spread(ctx: RuleContext, g: str, x: str, over: list[int], mean: bool) -> st
     return b.op("Expand", g, shape)
 
 
+@GRADIENT.rule("GlobalAveragePool")
 def global_average_pool(ctx, node, grads):
     """g / (H·W) broadcast over H×W: its constants have the same size at any input size."""
     x = node.input[0]
@@ -123,18 +116,27 @@ def _reduce_axes(ctx: RuleContext, node) -> tuple[list[int], bool]:
     return sorted(ax % rank for ax in axes), bool(a.get("keepdims", 1))
 
 
-def _reduce_rule(mean: bool):
-    def rule(ctx, node, grads):
-        axes, keepdims = _reduce_axes(ctx, node)
-        g = grads[0]
-        if not axes:
-            return [g] + [None] * (len(node.input) - 1)
-        if not keepdims:
-            g = ctx.b.unsqueeze(g, axes)
-        return [_spread(ctx, g, node.input[0], axes, mean)] + [None] * (len(node.input) - 1)
-    return rule
+def _reduction(ctx, node, grads, mean: bool):
+    axes, keepdims = _reduce_axes(ctx, node)
+    g = grads[0]
+    if not axes:
+        return [g] + [None] * (len(node.input) - 1)
+    if not keepdims:
+        g = ctx.b.unsqueeze(g, axes)
+    return [_spread(ctx, g, node.input[0], axes, mean)] + [None] * (len(node.input) - 1)
 
 
+@GRADIENT.rule("ReduceMean")
+def reduce_mean(ctx, node, grads):
+    return _reduction(ctx, node, grads, mean=True)
+
+
+@GRADIENT.rule("ReduceSum")
+def reduce_sum(ctx, node, grads):
+    return _reduction(ctx, node, grads, mean=False)
+
+
+@GRADIENT.rule("GlobalMaxPool")
 def global_max_pool(ctx, node, grads):
     b, x = ctx.b, node.input[0]
     flat_shape = b.op("Concat", b.shape(x, 0, 2), b.ints([-1]), axis=0)
@@ -144,7 +146,3 @@ def global_max_pool(ctx, node, grads):
     routed = b.op("ScatterElements", b.zeros_like(flat), arg, g, axis=2)
     return [b.op("Reshape", routed, b.shape(x))]
 
-
-RULES = {"MaxPool": max_pool, "AveragePool": average_pool, "GlobalAveragePool": global_average_pool,
-         "GlobalMaxPool": global_max_pool, "ReduceMean": _reduce_rule(mean=True),
-         "ReduceSum": _reduce_rule(mean=False)}

@@ -11,13 +11,16 @@ import numpy as np
 
 from ...graph import attrs_of
 from ..context import INT_MAX, RuleContext
+from ..table import GRADIENT
 
 
+@GRADIENT.rule("Flatten", "Reshape", "Squeeze", "Unsqueeze")
 def reshape_back(ctx: RuleContext, node, grads):
     shape = ctx.b.shape_of(node.input[0], node.output[0], fill=0)
     return [ctx.b.op("Reshape", grads[0], shape)] + [None] * (len(node.input) - 1)
 
 
+@GRADIENT.rule("Transpose")
 def transpose(ctx, node, grads):
     perm = attrs_of(node).get("perm")
     if perm is None:
@@ -33,6 +36,7 @@ def _axis(ctx, node, default=0) -> int:
     return axis % rank if rank else axis
 
 
+@GRADIENT.rule("Concat")
 def concat(ctx, node, grads):
     b, g = ctx.b, grads[0]
     axis = _axis(ctx, node)
@@ -55,12 +59,14 @@ def concat(ctx, node, grads):
     return result
 
 
+@GRADIENT.rule("Split")
 def split(ctx, node, grads):
     b = ctx.b
     parts = [g if g is not None else b.zeros_like(out) for g, out in zip(grads, node.output)]
     return [b.op("Concat", *parts, axis=_axis(ctx, node))] + [None] * (len(node.input) - 1)
 
 
+@GRADIENT.rule("Slice")
 def slice_(ctx, node, grads):
     b, x = ctx.b, node.input[0]
     shape = ctx.index.shapes.get(x)
@@ -83,6 +89,7 @@ def slice_(ctx, node, grads):
     return [b.op("Pad", grads[0], b.ints(pads))] + [None] * (len(node.input) - 1)
 
 
+@GRADIENT.rule("Pad")
 def pad(ctx, node, grads):
     b = ctx.b
     mode = attrs_of(node).get("mode", b"constant")
@@ -101,7 +108,3 @@ def pad(ctx, node, grads):
     return [b.op("Slice", grads[0], b.ints(begin), b.ints(ends), b.ints(axes))] + \
         [None] * (len(node.input) - 1)
 
-
-RULES = {"Flatten": reshape_back, "Reshape": reshape_back, "Squeeze": reshape_back,
-         "Unsqueeze": reshape_back, "Transpose": transpose, "Concat": concat, "Split": split,
-         "Slice": slice_, "Pad": pad}

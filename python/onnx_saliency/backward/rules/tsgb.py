@@ -3,16 +3,19 @@
 Conv (TSGB-Conv): ĝ_a = sign(a) ⊙ ConvTranspose(S / (D + ε), ones) per group, S = Σ_k ĝ_z ⊙ z,
     D = box-sum of Σ_c |a|. The weights enter only through z; conservation Σ a ⊙ ĝ_a = Σ ĝ_z ⊙ z
     (bias share included).
-      groups = 1 (known channels): one-channel maps in standard ops, ĝ_a a GraphBuilder
-        broadcast sign(a) ⊙ B(spread) (see _channel_summed), both with and without fused ops:
+      groups = 1 (known channels): one-channel maps in standard ops, ĝ_a a broadcast
+        sign(a) ⊙ B(spread) (TSGBContext.broadcast, _channel_summed), with and without fused ops:
         ONNX Runtime keeps these ops in its blocked CPU layout, where a custom op would pull
         every activation it reads out of that layout and back.
       grouped/depthwise (or channels unknown): the fused op RectifiedConvTranspose, or its
         portable twin.
 BatchNormalization (ratio rule): ĝ_x = ĝ_y ⊙ y / (x + 1e-10), relevance passes unchanged.
-Fully-connected (TSGB-FC) on the last FC layer (option fc="all": every FC layer), z = W a + b:
+Fully-connected (TSGB-FC) on the classifier (classifier.py; fc="all": every FC layer), z = W a + b:
     β_j = γ z⁺_j / |z⁻_j|, ĝ_a = W⁺ᵀ ĝ_z + W⁻ᵀ (β ⊙ ĝ_z), z± = W± a (bias excluded).
-Everything else keeps the plain gradient. Options (ctx.options): gamma (1.0), fc ("last"|"all").
+Everything else keeps the plain gradient. Options: TSGBOptions(gamma = 1.0, fc = "last"|"all").
+
+The walk hands these rules a TSGBContext: it remembers how some signals were made (broadcasts,
+sums, ReLU masks, MaxPool backwards), which the rewrites below read.
 
 Exact rewrites that keep tensors with channels out of the graph:
 - Conv→ReLU: with ĝ_z = ĝ_y ⊙ 1[z>0], S = Σ ĝ_z ⊙ z = Σ ĝ_y ⊙ y, so where a conv's only consumer
@@ -30,10 +33,16 @@ Exact rewrites that keep tensors with channels out of the graph:
 
 from __future__ import annotations
 
+from collections import defaultdict
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Sequence
+
 import numpy as np
 
 from ... import fused
 from ...graph import attrs_of
+from .. import classifier
 from ..context import (
     RuleContext,
     conv_geometry,
@@ -41,53 +50,130 @@ from ..context import (
     conv_transpose_to,
     transpose_extent,
 )
-from . import activations, linear, pooling
+from ..table import GRADIENT, RuleTable
+from . import activations, pooling
 
 EPS = 1e-10
+
+
+@dataclass(frozen=True)
+class TSGBOptions:
+    """gamma: TSGB-FC's γ; fc: "last" (the classifier, classifier.py) or "all": the
+    fully-connected layers that get TSGB-FC."""
+
+    gamma: float = 1.0
+    fc: str = "last"
+
+
+@dataclass(frozen=True)
+class Broadcast:
+    """A signal emitted as sign ⊙ Conv(spread, weight): a one-channel map `spread` [N,1,H,W]
+    repeated over the channels by the all-ones 1×1 `weight` [C,1,1,1], times `sign` = sign(a)
+    (TSGB-Conv's ĝ_a), or unsigned (sign None). Kept so that sums and later rules can work on
+    `spread` alone."""
+    a: str
+    sign: str | None
+    spread: str
+    weight: str
+
+
+@dataclass
+class TSGBContext(RuleContext):
+    """The TSGB walk's context: the rule context plus how some signals were made."""
+
+    broadcasts: dict[str, Broadcast] = field(default_factory=dict)   # broadcast() -> its factors
+    summands: dict[str, list[str]] = field(default_factory=dict)     # sum() of several -> terms
+    masked: dict[str, tuple[str, str]] = field(default_factory=dict)  # g ⊙ 1[y>0] -> (g, y)
+    pooled: dict[str, tuple[str, str, dict]] = field(default_factory=dict)
+    #   MaxPool backward of sign(p) ⊙ B(s) -> (pool input, s, pool geometry)
+
+    @cached_property
+    def fc_nodes(self) -> frozenset[str]:
+        """Names of the FC nodes that get TSGB-FC: the classifier's, or all (options.fc)."""
+        if self.options is not None and self.options.fc == "all":
+            return classifier.fully_connected(self.index)
+        return classifier.classifier(self.index)
+
+    def broadcast(self, a: str, sign: str | None, spread: str, weight: str) -> str:
+        """sign ⊙ Conv(spread, weight) (without sign: the Conv), recorded as a `Broadcast`."""
+        out = self.b.op("Conv", spread, weight)
+        if sign is not None:
+            out = self.b.op("Mul", sign, out)
+        self.broadcasts[out] = Broadcast(a, sign, spread, weight)
+        return out
+
+    def sum(self, terms: Sequence[str]) -> str:
+        """Σ terms; broadcasts with the same sign and weight are summed as one-channel maps
+        first (Σ_i m ⊙ B(s_i) = m ⊙ B(Σ_i s_i)); a sum of several is recorded."""
+        groups: dict[tuple, list[Broadcast]] = defaultdict(list)
+        for t in terms:
+            if t in self.broadcasts:
+                f = self.broadcasts[t]
+                groups[(f.sign, f.weight)].append(f)
+        merged: list[str] = []
+        for t in terms:
+            f = self.broadcasts.get(t)
+            group = groups.get((f.sign, f.weight)) if f is not None else None
+            if group is None or len(group) == 1:
+                merged.append(t)
+            elif group[0] is f:
+                spread = self.b.op("Sum", *(g.spread for g in group))
+                merged.append(self.broadcast(f.a, f.sign, spread, f.weight))
+        if len(merged) == 1:
+            return merged[0]
+        out = self.b.op("Sum", *merged)
+        self.summands[out] = merged
+        return out
+
+
+TSGB = RuleTable("tsgb", over=GRADIENT, context=TSGBContext)
 
 
 def _relu_after(ctx: RuleContext, conv_out: str):
     """The ReLU node that is the only consumer of a conv output (not tapped), else None."""
     users = ctx.index.consumers.get(conv_out, [])
-    if len(users) == 1 and users[0].op_type == "Relu" and conv_out not in ctx.options["_wrt"] \
+    if len(users) == 1 and users[0].op_type == "Relu" and conv_out not in ctx.wrt \
             and conv_out not in ctx.index.graph_outputs:
         return users[0]
     return None
 
 
-def relu(ctx: RuleContext, node, grads):
+@TSGB.rule("Relu")
+def relu(ctx: TSGBContext, node, grads):
     producer = ctx.index.producer.get(node.input[0])
     if producer is not None and producer.op_type == "Conv" and _relu_after(ctx, node.input[0]):
         return [grads[0]]                       # the conv rule accounts for the mask
     # a term sign(y) ⊙ B(s) (a TSGB-Conv reading y) needs no sign: sign(y) = 1[y>0] for a ReLU's
     # output, and the mask below applies it; the Sum then fuses into the broadcasting Conv
-    b, y = ctx.b, node.output[0]
-    terms = b.summands.get(grads[0], [grads[0]])
-    unsigned = [b.broadcast(f.a, None, f.spread, f.weight)
-                if (f := b.broadcasts.get(t)) and f.a == y and f.sign is not None else t
+    y = node.output[0]
+    terms = ctx.summands.get(grads[0], [grads[0]])
+    unsigned = [ctx.broadcast(f.a, None, f.spread, f.weight)
+                if (f := ctx.broadcasts.get(t)) and f.a == y and f.sign is not None else t
                 for t in terms]
     if unsigned != terms:
-        grads = [b.sum(unsigned)]
+        grads = [ctx.sum(unsigned)]
     out = activations.relu_gradient(ctx, node, grads)[0]
-    b.masked[out] = (grads[0], y)
+    ctx.masked[out] = (grads[0], y)
     return [out]
 
 
-def max_pool(ctx: RuleContext, node, grads):
+@TSGB.rule("MaxPool")
+def max_pool(ctx: TSGBContext, node, grads):
     """The plain MaxPool backward. Fused, where the pool's output carries sign(p) ⊙ B(s) (a
     TSGB-Conv reads it), the result is also noted, so that a conv whose output is the pool's
     input takes S from MaxPoolRelevance(x, s) instead of the routed channels."""
     result = pooling.max_pool(ctx, node, grads)
-    f = ctx.b.broadcasts.get(grads[0])
+    f = ctx.broadcasts.get(grads[0])
     kernel = list(attrs_of(node).get("kernel_shape", []))
     if (ctx.b.fused and f is not None and f.sign is not None and f.a == node.output[0]
             and len(kernel) == 2 and ctx.index.rank(node.input[0]) == 4):
         geo = conv_geometry(ctx, node, node.input[0], kernel)
-        ctx.b.pooled[result[0]] = (node.input[0], f.spread, {"kernel": kernel, **geo})
+        ctx.pooled[result[0]] = (node.input[0], f.spread, {"kernel": kernel, **geo})
     return result
 
 
-def conv(ctx: RuleContext, node, grads):
+@TSGB.rule("Conv")
+def conv(ctx: TSGBContext, node, grads):
     result = [None] * len(node.input)
     if ctx.wants(node, 1) or ctx.wants(node, 2):
         raise ctx.unsupported(node, "has weights computed from the image; only constant "
@@ -112,9 +198,9 @@ def conv(ctx: RuleContext, node, grads):
 # -- TSGB-Conv for groups = 1 as single-channel maps -----------------------------------------
 # With groups = 1 the rule is one map per location: ĝ_a = sign(a) ⊙ spread, spread [N,1,H,W].
 # Built from standard ops that ONNX Runtime's CPU provider keeps in its blocked layout (channel
-# sums and the broadcast are Convs with all-ones weights), and emitted as a GraphBuilder
-# broadcast, so that the conv producing a (through a ReLU) reads S = spread ⊙ Σ_c |a| off it:
-# inside a chain conv→ReLU→conv no tensor with channels is made at all (its nodes are dead).
+# sums and the broadcast are Convs with all-ones weights), and emitted as a recorded broadcast
+# (TSGBContext.broadcast), so that the conv producing a (through a ReLU) reads S = spread ⊙ Σ_c |a|
+# off it: inside a chain conv→ReLU→conv no tensor with channels is made at all (its nodes are dead).
 
 def _nonnegative(ctx: RuleContext, x: str) -> bool:
     producer = ctx.index.producer.get(x)
@@ -167,14 +253,14 @@ def _residual_add(ctx: RuleContext, z: str):
     return relu.output[0], other
 
 
-def _relevance_sum(ctx: RuleContext, g: str, z: str) -> str:
+def _relevance_sum(ctx: TSGBContext, g: str, z: str) -> str:
     """S = Σ_k ĝ_z ⊙ z [N,1,Ho,Wo].
 
     ĝ_z = sign(z) ⊙ spread (recorded): S = spread ⊙ Σ_k |z|. z feeding only u = z + other → ReLU
     → y: S = Σ ĝ_u ⊙ y − Σ ĝ_u ⊙ other (ĝ_z = ĝ_u and ĝ_u ⊙ u = ĝ_u ⊙ y), so the forward keeps
     Conv+Add+ReLU fused and z is never stored."""
     b = ctx.b
-    pooled = b.pooled.get(g)
+    pooled = ctx.pooled.get(g)
     if pooled is not None and pooled[0] == z:
         x, spread, geo = pooled
         return fused.max_pool_relevance(b, x, spread, **geo)
@@ -185,18 +271,17 @@ def _relevance_sum(ctx: RuleContext, g: str, z: str) -> str:
     return relevance(ctx, z, g)
 
 
-def _channel_dot(ctx: RuleContext, g: str, y: str) -> str:
+def _channel_dot(ctx: TSGBContext, g: str, y: str) -> str:
     """Σ_k g ⊙ y [N,1,H,W] for a ReLU output y. Where g = X ⊙ 1[y>0] (that ReLU's backward) it
     is Σ_k X ⊙ y, term by term: a broadcast B(s) of y gives s ⊙ Σ_k y; any other term T gives
     Σ_k T ⊙ y, the product the next residual block's rule forms for its own S (shared)."""
-    b = ctx.b
-    x, masked_y = b.masked.get(g, (None, None))
+    x, masked_y = ctx.masked.get(g, (None, None))
     if masked_y != y:
         return relevance(ctx, y, g)
-    return b.sum([relevance(ctx, y, t) for t in b.summands.get(x, [x])])
+    return ctx.sum([relevance(ctx, y, t) for t in ctx.summands.get(x, [x])])
 
 
-def _channel_summed(ctx: RuleContext, node, g: str, z: str, kernel, geo) -> str:
+def _channel_summed(ctx: TSGBContext, node, g: str, z: str, kernel, geo) -> str:
     b, a = ctx.b, node.input[0]
     s = _relevance_sum(ctx, g, z)
     pointwise = list(kernel) == [1, 1] and geo["strides"] == [1, 1] and not any(geo["pads"])
@@ -207,7 +292,7 @@ def _channel_summed(ctx: RuleContext, node, g: str, z: str, kernel, geo) -> str:
         ratio = b.op("Div", s, _window_sum(ctx, abs_channel_sum(ctx, a), kernel, geo, EPS))
         spread = _spread(ctx, ratio, z, a, kernel, geo)
     ones_c = b.const(np.ones((ctx.float_channels(a), 1, 1, 1), np.float32))
-    return b.broadcast(a, _sign(ctx, a), spread, ones_c)
+    return ctx.broadcast(a, _sign(ctx, a), spread, ones_c)
 
 
 def _separable(kernel) -> bool:
@@ -256,50 +341,23 @@ def _spread(ctx: RuleContext, ratio: str, z: str, a: str, kernel, geo) -> str:
     return ctx.fit_spatial(ratio, a, sizes)
 
 
-def relevance(ctx: RuleContext, x: str, g: str) -> str:
+def relevance(ctx: TSGBContext, x: str, g: str) -> str:
     """Σ_c x ⊙ g [N,1,H,W]. For a broadcast g = sign(x) ⊙ B(s) (TSGB-Conv at x), or an unsigned
     B(s) with x ≥ 0: s ⊙ Σ_c |x|, without the channels."""
     b = ctx.b
-    f = b.broadcasts.get(g)
+    f = ctx.broadcasts.get(g)
     if f is not None and (f.a == x if f.sign is not None else _nonnegative(ctx, x)):
         return b.op("Mul", f.spread, abs_channel_sum(ctx, x))
     return _channel_sum(ctx, b.op("Mul", g, x), x)
 
 
-def batch_norm(ctx: RuleContext, node, grads):
+@TSGB.rule("BatchNormalization")
+def batch_norm(ctx: TSGBContext, node, grads):
     if any(ctx.wants(node, i) for i in range(1, 5)):
         raise ctx.unsupported(node, "has parameters computed from the image")
     b, x, y = ctx.b, node.input[0], node.output[0]
     ratio = b.op("Div", y, b.op("Add", x, b.const(np.float32(EPS))))
     return [b.op("Mul", grads[0], ratio)] + [None] * (len(node.input) - 1)
-
-
-def _is_fc(ctx: RuleContext, node) -> bool:
-    if node.op_type == "Gemm":
-        return True
-    w = ctx.index.const(node.input[1]) if node.op_type == "MatMul" else None
-    return w is not None and w.ndim == 2
-
-
-def selected_fc_nodes(ctx: RuleContext) -> set[str]:
-    """Names of the FC nodes that get TSGB-FC: the last ones on every path, or all."""
-    if "_selected_fc_nodes" in ctx.options:
-        return ctx.options["_selected_fc_nodes"]
-    fcs = [n for n in ctx.index.nodes if n.op_type in ("Gemm", "MatMul") and _is_fc(ctx, n)]
-    if ctx.options.get("fc", "last") == "all":
-        chosen = {n.name for n in fcs}
-    else:
-        fc_below: dict[str, bool] = {}   # tensor -> an FC node consumes it, directly or later
-        chosen = set()
-        fc_names = {n.name for n in fcs}
-        for n in reversed(ctx.index.nodes):
-            below = any(fc_below.get(o, False) for o in n.output)
-            if n.name in fc_names and not below:
-                chosen.add(n.name)
-            for i in n.input:
-                fc_below[i] = fc_below.get(i, False) or below or n.name in fc_names
-    ctx.options["_selected_fc_nodes"] = chosen
-    return chosen
 
 
 def _weight_matrix(ctx: RuleContext, node) -> np.ndarray | None:
@@ -316,15 +374,15 @@ def _weight_matrix(ctx: RuleContext, node) -> np.ndarray | None:
     return w * a.get("alpha", 1.0)
 
 
-def fully_connected(ctx: RuleContext, node, grads):
-    plain = linear.RULES[node.op_type]
-    if node.name not in selected_fc_nodes(ctx) or not ctx.wants(node, 0):
-        return plain(ctx, node, grads)
+@TSGB.rule("Gemm", "MatMul")
+def fully_connected(ctx: TSGBContext, node, grads):
+    if node.name not in ctx.fc_nodes or not ctx.wants(node, 0):
+        return GRADIENT[node.op_type](ctx, node, grads)
     w = _weight_matrix(ctx, node)
     if w is None or ctx.wants(node, 1):
         raise ctx.unsupported(node, "needs constant weights (and transA = 0) for TSGB-FC")
     b, a, g = ctx.b, node.input[0], grads[0]
-    gamma = float(ctx.options.get("gamma", 1.0))
+    gamma = float(ctx.options.gamma)
     w = w.astype(np.float32)
     w_pos, w_neg = np.maximum(w, 0), np.minimum(w, 0)
     z_pos = b.op("MatMul", a, b.const(np.ascontiguousarray(w_pos.T)))
@@ -335,6 +393,3 @@ def fully_connected(ctx: RuleContext, node, grads):
                b.op("MatMul", b.op("Mul", g, beta), b.const(w_neg)))
     return [g_a] + [None] * (len(node.input) - 1)
 
-
-RULES = {"Conv": conv, "BatchNormalization": batch_norm, "Gemm": fully_connected,
-         "MatMul": fully_connected, "Relu": relu, "MaxPool": max_pool}
