@@ -1,82 +1,44 @@
-// ai.onnx_saliency::NormGrad (CPU and CUDA side by side), a thin adapter over csrc/kernels/normgrad.
-//   inputs:  g [N,K,Ho,Wo] float32, a [N,C,H,W] float32
-//   attrs:   mode = "identity" | "conv" | "selective" (default identity);
-//            kernel_shape, strides, pads, dilations (conv mode; defaults 1x1, 1, 0, 1)
-//   output:  [N,1,Ho,Wo] float32 (see normgrad.h for the formulas)
+// ai.onnx_saliency::NormGrad, the adapter (ort_common.h) over csrc/kernels/normgrad.
+//   attrs:  mode = "identity" | "conv" | "selective" (default identity);
+//           kernel_shape, strides, pads, dilations (conv mode; defaults 1x1, 1, 0, 1)
+//   output: [N,1,Ho,Wo] (see normgrad.h for the formulas)
 #include "normgrad.h"
 #include "ort_common.h"
 
 namespace onnx_saliency::ort {
 namespace {
 
-constexpr const char* kOp = "NormGrad";
+struct NormGrad {
+  static constexpr const char* kName = "NormGrad";
+  static constexpr Input kInputs[] = {{"g", "[N,K,Ho,Wo]"}, {"a", "[N,C,H,W]"}};
+  static constexpr Output kOutput = {0, true};
 
-template <bool Cuda>
-struct NormGradKernel {
-  NormGradMode mode;
-  ConvGeometry geo;
+  struct Attributes {
+    NormGradMode mode = NormGradMode::Identity;
+    ConvGeometry geo;
+  };
 
-  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
-    return guarded(kOp, [&]() -> OrtStatusPtr {
-      Ort::KernelContext ctx(context);
-      if (ctx.GetInputCount() != 2) return error("NormGrad: expects 2 inputs (g, a).");
-      std::vector<int64_t> gs, as;
-      std::string err;
-      if (!float4d(ctx.GetInput(0), kOp, "g", gs, err) ||
-          !float4d(ctx.GetInput(1), kOp, "a", as, err)) {
-        return error(err);
-      }
-      err = normgrad_check(gs.data(), as.data(), geo, mode);
-      if (!err.empty()) return error(err);
-      auto out = ctx.GetOutput(0, {gs[0], 1, gs[2], gs[3]});
-      const float* g = ctx.GetInput(0).GetTensorData<float>();
-      const float* a = ctx.GetInput(1).GetTensorData<float>();
-      float* o = out.GetTensorMutableData<float>();
-      if constexpr (Cuda) {
-        err = normgrad_cuda(g, gs.data(), a, as.data(), geo, mode, o, ctx.GetGPUComputeStream());
-        return err.empty() ? nullptr : failure(err);
-      } else {
-        normgrad_cpu(g, gs.data(), a, as.data(), geo, mode, o, OrtParallel(ctx));
-        return nullptr;
-      }
-    });
+  static std::string read(const NodeAttributes& node, Attributes& at) {
+    std::string mode = "identity";
+    std::string err = node.read("mode", mode);
+    if (err.empty()) err = normgrad_mode(mode, at.mode);
+    if (err.empty()) err = node.geometry(at.geo);
+    return err;
   }
-};
-
-template <bool Cuda>
-struct NormGradOp
-    : FloatOp<NormGradOp<Cuda>, NormGradKernel<Cuda>, Cuda, 2> {
-  OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
-    return guarded(kOp, [&]() -> OrtStatusPtr {
-      std::string mode = "identity";
-      NormGradMode m;
-      ConvGeometry geo;
-      std::string err = read_attr(info, kOp, "mode", mode);
-      if (err.empty()) err = normgrad_mode(mode, m);
-      if (err.empty()) err = read_geometry(kOp, info, geo);
-      if (!err.empty()) return error(err);
-      *kernel = new NormGradKernel<Cuda>{m, geo};
-      return nullptr;
-    });
+  static std::string check(const Inputs<2>& in, const Attributes& at) {
+    return normgrad_check(in.shape(0), in.shape(1), at.geo, at.mode);
   }
-  const char* GetName() const { return kOp; }
-
-  // Output shape [N, 1, Ho, Wo] taken from g.
-  static OrtStatusPtr InferOutputShape(Ort::ShapeInferContext& ctx) {
-    return guarded(kOp, [&]() -> OrtStatusPtr {
-      if (ctx.GetInputCount() != 2) return error("NormGrad: expects 2 inputs (g, a).");
-      const auto& g = ctx.GetInputShape(0);
-      if (g.size() != 4) return error("NormGrad: input g must be 4-D [N,K,Ho,Wo].");
-      Ort::ShapeInferContext::Shape out{g[0], int64_t{1}, g[2], g[3]};
-      return ctx.SetOutputShape(0, unknown_dims_as_symbols(out)).release();
-    });
+  static void cpu(const Inputs<2>& in, const Attributes& at, float* out, const Parallel& parallel) {
+    normgrad_cpu(in.data[0], in.shape(0), in.data[1], in.shape(1), at.geo, at.mode, out, parallel);
+  }
+  static std::string cuda(const Inputs<2>& in, const Attributes& at, float* out, void* stream) {
+    return normgrad_cuda(in.data[0], in.shape(0), in.data[1], in.shape(1), at.geo, at.mode, out,
+                         stream);
   }
 };
 
 }  // namespace
 
-void add_normgrad_ops(Ort::CustomOpDomain& domain) {
-  add_cpu_and_cuda<NormGradOp>(domain);
-}
+void add_normgrad_ops(Ort::CustomOpDomain& domain) { add_op<NormGrad>(domain); }
 
 }  // namespace onnx_saliency::ort

@@ -1,13 +1,22 @@
 // The custom-op library's entry point: RegisterCustomOps adds the domain ai.onnx_saliency
-// (version 1) with NormGrad, RectifiedConvTranspose and MaxPoolGradient, CPU kernels always,
-// CUDA kernels when built with CUDA. Built against ORT C API version ORT_API_VERSION of the
-// headers found at build time (see CMakeLists.txt); it loads into every runtime at or above that
-// version.
+// (version 1) with the ops of every op file (NormGrad, RectifiedConvTranspose, MaxPoolGradient,
+// MaxPoolRelevance), CPU kernels always, CUDA kernels when built with CUDA. Built against ORT C
+// API version ORT_API_VERSION of the headers found at build time (see CMakeLists.txt); it loads
+// into every runtime at or above that version.
 #include <mutex>
 #include <string>
 #include <vector>
 
 #include "ort_common.h"
+
+namespace onnx_saliency::ort {
+
+// One entry point per op file: adds its ops (add_op, ort_common.h).
+void add_normgrad_ops(Ort::CustomOpDomain& domain);
+void add_rectified_conv_transpose_ops(Ort::CustomOpDomain& domain);
+void add_max_pool_gradient_ops(Ort::CustomOpDomain& domain);
+
+}  // namespace onnx_saliency::ort
 
 namespace {
 
