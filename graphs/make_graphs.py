@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper, shape_inference
+from onnx import TensorProto, helper, numpy_helper
 
 OPSET = 17
 CLASSES = 5
@@ -56,6 +56,21 @@ class _Body:
 
     def then(self, op_type, *extra, **attrs):
         self.t = self.op(op_type, self.t, *extra, **attrs)
+        return self.t
+
+    def celu(self, alpha):
+        """Celu (float32 only in ONNX); the float64 twin spells out its definition,
+        max(0, x) + min(0, α(exp(x/α) − 1)), for the reference."""
+        if self.dtype == np.float32:
+            return self.then("Celu", alpha=alpha)
+        x = self.t
+        scale = numpy_helper.from_array(np.asarray(alpha, self.dtype), f"alpha{self.count}")
+        zero = numpy_helper.from_array(np.asarray(0.0, self.dtype), f"zero{self.count}")
+        one = numpy_helper.from_array(np.asarray(1.0, self.dtype), f"one{self.count}")
+        self.inits += [scale, zero, one]
+        expm1 = self.op("Sub", self.op("Exp", self.op("Div", x, scale.name)), one.name)
+        neg = self.op("Min", zero.name, self.op("Mul", expm1, scale.name))
+        self.t = self.op("Add", self.op("Max", zero.name, x), neg)
         return self.t
 
     def conv(self, cout, cin, k, **attrs):
@@ -211,6 +226,59 @@ def _sum_fanout(b):
     b.t = b.op("Sum", b.op("Relu", x), x, b.op("Sigmoid", x))
 
 
+def _erf_gelu(b):
+    b.conv(4, 3, 3, pads=[1, 1, 1, 1]); b.then("Mul", b.w([1], 0.3, positive=True)); b.then("Erf")
+    b.conv(4, 4, 1); b.then("Gelu")
+    b.conv(4, 4, 1); b.then("Gelu", approximate="tanh")
+
+
+def _smooth_units(b):
+    b.conv(4, 3, 3, pads=[1, 1, 1, 1]); b.then("Elu", alpha=0.7)
+    b.conv(4, 4, 1); b.celu(1.3)
+    b.conv(4, 4, 1); b.then("Selu")
+    b.conv(4, 4, 1); b.then("Softplus")
+    b.conv(4, 4, 1); b.then("Mish")
+
+
+def _exp_log_pow(b):
+    b.conv(4, 3, 3, pads=[1, 1, 1, 1])
+    x = b.t
+    pos = b.op("Softplus", x)                                     # > 0: Sqrt, Log, Pow's base
+    logs = b.op("Log", b.op("Sqrt", pos))
+    const_pow = b.op("Pow", pos, b.w([1, 4, 1, 1]))               # broadcast constant exponent
+    int_pow = b.op("Pow", x, b.i64(3))                            # integer exponent
+    run_pow = b.op("Pow", b.op("Exp", b.op("Tanh", x)), b.op("ReduceMean", b.op("Sigmoid", x),
+                                                                axes=[1], keepdims=1))
+    recip = b.op("Reciprocal", b.op("Add", pos, b.w([1], positive=True)))
+    b.t = b.op("Sum", logs, const_pow, b.op("Mul", int_pow, b.w([1], 0.05)), run_pow, recip)
+
+
+def _abs_max_min(b):
+    b.conv(4, 3, 3, pads=[1, 1, 1, 1])
+    x = b.t
+    mean = b.op("ReduceMean", x, axes=[1], keepdims=1)            # [N,1,h,w], broadcast
+    top = b.op("Max", b.op("Abs", x), b.w([1, 4, 1, 1]), mean)
+    low = b.op("Min", x, b.op("Sigmoid", x))
+    b.t = b.op("Add", top, low)
+
+
+def _layer_norm(b):
+    b.conv(4, 3, 3)
+    b.then("LayerNormalization", b.w([6]), b.w([6]), epsilon=1e-3)           # last axis
+    b.then("LayerNormalization", b.w([4, 6, 6]), axis=1)                       # C, H, W; no bias
+
+
+def _instance_norm(b):
+    b.conv(4, 3, 3)
+    b.then("InstanceNormalization", b.w([4]), b.w([4]), epsilon=1e-3)
+
+
+def _group_norm(b):
+    b.conv(6, 3, 3)
+    stash = helper.np_dtype_to_tensor_dtype(np.dtype(b.dtype))   # statistics in the fixture's type
+    b.then("GroupNormalization", b.w([6]), b.w([6]), num_groups=3, epsilon=1e-3, stash_type=stash)
+
+
 def _mini_cnn(b):
     """A small classifier body with every kind of layer the methods tap: two ReLU stages, a
     MaxPool and a strided conv (distinct maps for every method)."""
@@ -223,27 +291,32 @@ def _mini_cnn(b):
 FIXTURES = {name[1:]: fn for name, fn in dict(globals()).items()
             if name.startswith("_") and callable(fn) and name not in ("_Body",)}
 SIZES = {"maxpool_ceil": 9, "avgpool_ceil": 8, "conv_strided_dilated": 9}
+OPSETS = {"erf_gelu": 20, "smooth_units": 18, "group_norm": 21}
+"""Fixtures of ops newer than OPSET (Gelu 20, Mish 18, GroupNormalization-21)."""
 
 
 def build(name: str, dtype=np.float32) -> onnx.ModelProto:
     """The fixture `name` with weights of `dtype` (float32 or float64)."""
     body = _Body(dtype, seed=sum(map(ord, name)))
+    opset = OPSETS.get(name, OPSET)
     FIXTURES[name](body)
     size = SIZES.get(name, 8)
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     x = helper.make_tensor_value_info("x", elem, [2, 3, size, size])
     probe = helper.make_model(helper.make_graph(body.nodes, name, [x], [
         helper.make_tensor_value_info(body.t, elem, None)], body.inits),
-        opset_imports=[helper.make_opsetid("", OPSET)])
-    shape = shape_inference.infer_shapes(probe).graph.output[0].type.tensor_type.shape
-    features = int(np.prod([d.dim_value for d in shape.dim[1:]]))
+        opset_imports=[helper.make_opsetid("", opset)])
+    # the body's output size, by running it (shape inference leaves some ops' outputs untyped)
+    from onnx.reference import ReferenceEvaluator
+    body_out = ReferenceEvaluator(probe).run(None, {"x": np.zeros([2, 3, size, size], dtype)})[0]
+    features = int(np.prod(body_out.shape[1:]))
     flat = body.op("Flatten", body.t, axis=1)
     logits = helper.make_node("Gemm", [flat, body.w([CLASSES, features], 0.3), body.w([CLASSES])],
                               ["logits"], name="classifier", transB=1)
     graph = helper.make_graph(body.nodes + [logits], name, [x],
                               [helper.make_tensor_value_info("logits", elem, [2, CLASSES])],
                               body.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="onnx-saliency fixtures")
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)

@@ -841,11 +841,16 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     for out in probe.graph.output:
         if out.type.HasField("tensor_type"):
             out.type.tensor_type.ClearField("shape")
-    try:
-        inferred = shape_inference.infer_shapes(probe, strict_mode=False, data_prop=True)
-    except Exception as exc:
-        raise ModelLoadError(f"ONNX shape inference failed on the model: {_first_line(exc)}"
-                             ) from None
+    while True:
+        try:
+            inferred = shape_inference.infer_shapes(probe, strict_mode=False, data_prop=True)
+        except Exception as exc:
+            raise ModelLoadError(f"ONNX shape inference failed on the model: {_first_line(exc)}"
+                                 ) from None
+        missed = _shaped_like_input(inferred)
+        if not missed:
+            break
+        probe.graph.value_info.extend(missed)   # then infer what follows them
     for declared, found in zip(model.graph.output, inferred.graph.output):
         if not found.type.tensor_type.HasField("shape") and declared.type.HasField("tensor_type"):
             found.type.tensor_type.shape.CopyFrom(declared.type.tensor_type.shape)
@@ -854,6 +859,28 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     del model.graph.output[:]
     model.graph.output.extend(inferred.graph.output)
     return model
+
+
+# ops whose output has their first input's type and shape, where ONNX shape inference leaves
+# it untyped (onnx 1.23 gives GroupNormalization's output no type)
+_LIKE_INPUT = ("GroupNormalization",)
+
+
+def _shaped_like_input(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """value_info for the untyped outputs of _LIKE_INPUT nodes whose input is typed."""
+    graph = model.graph
+    known = {v.name: v for v in [*graph.input, *graph.value_info, *graph.output]
+             if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type}
+    known.update({t.name: onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims)
+                  for t in graph.initializer})
+    out = []
+    for node in graph.node:
+        if node.op_type in _LIKE_INPUT and node.input[0] in known and node.output[0] not in known:
+            value = onnx.ValueInfoProto()
+            value.CopyFrom(known[node.input[0]])
+            value.name = node.output[0]
+            out.append(value)
+    return out
 
 
 def remove_dead_code(model: onnx.ModelProto) -> onnx.ModelProto:

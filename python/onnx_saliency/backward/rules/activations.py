@@ -13,6 +13,8 @@ it keeps its true gradient (ReLU6: 1[x<6]·max(g,0)). Other units (SiLU, GELU, H
 with another min) take their true gradient in every method of the family.
 HardSigmoid: g·α·1[0<αx+β<1]. HardSwish: g·(0 if x<−3, 1 if x>3, else (2x+3)/6).
 Softmax: y⊙(g − Σ g⊙y). LogSoftmax: g − exp(y)·Σ g.
+Smooth units, g·f'(x) (each rule's docstring has its f'): Erf, Gelu (exact and tanh), Elu, Selu,
+Celu, Softplus, Mish.
 
 Tables: the true gradients in GRADIENT; GUIDED_BACKPROP and DECONVNET over it, changing the
 ReLU-like units only (a walk that meets none warns: its map is the gradient's).
@@ -26,6 +28,7 @@ import onnx
 from ...graph import attrs_of
 from ..context import RuleContext, channel_scale
 from ..table import GRADIENT, RuleTable
+from .elementwise import scaled
 
 
 def _mask(ctx: RuleContext, cond: str, g: str) -> str:
@@ -131,6 +134,95 @@ def hard_swish(ctx, node, grads):
     slope = b.op("Where", b.op("Less", x, b.const(-3.0)), b.const(0.0),
                  b.op("Where", b.op("Greater", x, b.const(3.0)), b.const(1.0), mid))
     return [b.op("Mul", grads[0], slope)]
+
+
+_SQRT_2_OVER_PI = float(np.sqrt(2.0 / np.pi))
+
+
+def _gaussian(ctx: RuleContext, x: str, c: float) -> str:
+    """c·exp(−x²/2), the normal density up to the factor c."""
+    b = ctx.b
+    return b.op("Mul", b.op("Exp", b.op("Mul", b.op("Mul", x, x), b.const(-0.5))), b.const(c))
+
+
+@GRADIENT.rule("Erf")
+def erf(ctx, node, grads):
+    """d erf(x) = 2/√π·exp(−x²) (the density at √2·x)."""
+    b = ctx.b
+    x = b.op("Mul", node.input[0], b.const(np.sqrt(2.0)))
+    return scaled(ctx, node, grads, _gaussian(ctx, x, 2.0 / np.sqrt(np.pi)))
+
+
+@GRADIENT.rule("Gelu")
+def gelu(ctx, node, grads):
+    """approximate="none": y = x·Φ(x), f' = Φ(x) + x·φ(x), Φ(x) = (1 + erf(x/√2))/2,
+    φ(x) = exp(−x²/2)/√(2π). approximate="tanh": y = x(1 + t)/2, t = tanh(u),
+    u = √(2/π)(x + 0.044715x³); f' = (1 + t)/2 + x(1 − t²)·√(2/π)(1 + 3·0.044715x²)/2."""
+    b, x = ctx.b, node.input[0]
+    approx = attrs_of(node).get("approximate", b"none")
+    approx = approx.decode() if isinstance(approx, bytes) else approx
+    if approx == "tanh":
+        x2 = b.op("Mul", x, x)
+        poly = b.op("Add", b.const(1.0), b.op("Mul", x2, b.const(0.044715)))
+        t = b.op("Tanh", b.op("Mul", b.op("Mul", x, poly), b.const(_SQRT_2_OVER_PI)))
+        dpoly = b.op("Add", b.const(1.0), b.op("Mul", x2, b.const(3 * 0.044715)))
+        du = b.op("Mul", b.op("Mul", x, dpoly), b.const(_SQRT_2_OVER_PI))
+        one_minus_t2 = b.op("Sub", b.const(1.0), b.op("Mul", t, t))
+        total = b.op("Add", b.op("Add", b.const(1.0), t), b.op("Mul", du, one_minus_t2))
+        return scaled(ctx, node, grads, b.op("Mul", total, b.const(0.5)))
+    cdf = b.op("Mul", b.op("Add", b.const(1.0), b.op("Erf", b.op("Mul", x, b.const(np.sqrt(0.5))))),
+               b.const(0.5))
+    density = _gaussian(ctx, x, 1.0 / np.sqrt(2.0 * np.pi))
+    return scaled(ctx, node, grads, b.op("Add", cdf, b.op("Mul", x, density)))
+
+
+def _exp_branch(ctx: RuleContext, node, slope_pos: float, below: str) -> str:
+    """Where(x > 0, slope_pos, below): the derivative of an exponential-linear unit."""
+    b = ctx.b
+    return b.op("Where", _positive(ctx, node.input[0]), b.const(slope_pos), below)
+
+
+@GRADIENT.rule("Elu")
+def elu(ctx, node, grads):
+    """y = α(eˣ − 1) for x ≤ 0, else x: f' = y + α for x ≤ 0, else 1."""
+    alpha = attrs_of(node).get("alpha", 1.0)
+    below = ctx.b.op("Add", node.output[0], ctx.b.const(alpha))
+    return scaled(ctx, node, grads, _exp_branch(ctx, node, 1.0, below))
+
+
+@GRADIENT.rule("Selu")
+def selu(ctx, node, grads):
+    """y = γα(eˣ − 1) for x ≤ 0, else γx: f' = y + γα for x ≤ 0, else γ."""
+    a = attrs_of(node)
+    alpha = a.get("alpha", 1.67326319217681884765625)
+    gamma = a.get("gamma", 1.05070102214813232421875)
+    below = ctx.b.op("Add", node.output[0], ctx.b.const(gamma * alpha))
+    return scaled(ctx, node, grads, _exp_branch(ctx, node, gamma, below))
+
+
+@GRADIENT.rule("Celu")
+def celu(ctx, node, grads):
+    """y = α(e^(x/α) − 1) for x ≤ 0, else x: f' = e^(x/α) = y/α + 1 for x ≤ 0, else 1."""
+    alpha = attrs_of(node).get("alpha", 1.0)
+    b = ctx.b
+    below = b.op("Add", b.op("Mul", node.output[0], b.const(1.0 / alpha)), b.const(1.0))
+    return scaled(ctx, node, grads, _exp_branch(ctx, node, 1.0, below))
+
+
+@GRADIENT.rule("Softplus")
+def softplus(ctx, node, grads):
+    """y = ln(1 + eˣ): f' = σ(x)."""
+    return scaled(ctx, node, grads, ctx.b.op("Sigmoid", node.input[0]))
+
+
+@GRADIENT.rule("Mish")
+def mish(ctx, node, grads):
+    """y = x·t, t = tanh(softplus(x)): f' = t + x(1 − t²)σ(x)."""
+    b, x = ctx.b, node.input[0]
+    t = b.op("Tanh", b.op("Softplus", x))
+    slope = b.op("Mul", b.op("Mul", x, b.op("Sub", b.const(1.0), b.op("Mul", t, t))),
+                 b.op("Sigmoid", x))
+    return scaled(ctx, node, grads, b.op("Add", t, slope))
 
 
 def _axis(node, default: int) -> int:

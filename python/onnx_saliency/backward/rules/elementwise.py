@@ -3,12 +3,24 @@
 Add: dA = g, dB = g. Sub: dA = g, dB = −g. Mul: dA = g·B, dB = g·A.
 Div: dA = g / B, dB = −g·Y / B. Sum: every input gets g. Neg: −g.
 Identity, Dropout (inference), float-to-float Cast: pass the signal through.
+Exp: g·y. Log: g / x. Sqrt: g / 2y. Reciprocal: −g·y². Abs: g·sign(x) (0 at x = 0).
+Pow (y = xᵉ): dx = g·e·x^(e−1); de = g·y·ln(x) when the exponent is a runtime tensor.
+Max/Min (variadic): each output element's g goes to one input, the first (in input order) whose
+value equals y; ties, which leave y the same whichever input is "picked", thus go to the first.
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..context import RuleContext
 from ..table import GRADIENT
+
+
+def scaled(ctx: RuleContext, node, grads, factor: str) -> list:
+    """[g·factor, None, …]: the rule of a unary op y = f(x) whose local derivative f'(x) is the
+    tensor `factor` (the other inputs, attributes-as-inputs, get no gradient)."""
+    return [ctx.b.op("Mul", grads[0], factor)] + [None] * (len(node.input) - 1)
 
 
 def _each(ctx: RuleContext, node, terms):
@@ -61,3 +73,70 @@ def cast(ctx, node, grads):
     to = ctx.index.types[node.input[0]]
     return [grads[0] if to == ctx.index.types.get(node.output[0]) else ctx.b.op("Cast", grads[0], to=to)]
 
+
+
+@GRADIENT.rule("Exp")
+def exp(ctx, node, grads):
+    """d exp(x) = exp(x) = y."""
+    return scaled(ctx, node, grads, node.output[0])
+
+
+@GRADIENT.rule("Log")
+def log(ctx, node, grads):
+    """d ln(x) = 1/x."""
+    return [ctx.b.op("Div", grads[0], node.input[0])]
+
+
+@GRADIENT.rule("Sqrt")
+def sqrt(ctx, node, grads):
+    """d √x = 1/(2√x) = 1/(2y)."""
+    b = ctx.b
+    return [b.op("Div", grads[0], b.op("Mul", node.output[0], b.const(2.0)))]
+
+
+@GRADIENT.rule("Reciprocal")
+def reciprocal(ctx, node, grads):
+    """d (1/x) = −1/x² = −y²."""
+    b, y = ctx.b, node.output[0]
+    return [b.op("Neg", b.op("Mul", grads[0], b.op("Mul", y, y)))]
+
+
+@GRADIENT.rule("Abs")
+def abs_(ctx, node, grads):
+    """d |x| = sign(x) (0 at x = 0, a subgradient)."""
+    return scaled(ctx, node, grads, ctx.b.op("Sign", node.input[0]))
+
+
+@GRADIENT.rule("Pow")
+def pow_(ctx, node, grads):
+    """y = xᵉ: dx = g·e·x^(e−1) (a constant e − 1 is folded); de = g·y·ln(x) (x > 0 there).
+    An integer exponent is cast to x's float type."""
+    b, g, (x, e), y = ctx.b, grads[0], node.input, node.output[0]
+    to = ctx.index.types.get(x, 1)
+
+    def dx():
+        known = ctx.index.const(e)
+        if known is not None:
+            e_f = b.const(known, np.float32)
+            e_m1 = b.const(known.astype(np.float64) - 1.0, np.float32)
+        else:
+            e_f = e if ctx.index.types.get(e) == to else b.op("Cast", e, to=to)
+            e_m1 = b.op("Sub", e_f, b.const(1.0))
+        return b.op("Mul", g, b.op("Mul", e_f, b.op("Pow", x, e_m1)))
+
+    return _each(ctx, node, [dx, lambda: b.op("Mul", g, b.op("Mul", y, b.op("Log", x)))])
+
+
+@GRADIENT.rule("Max", "Min")
+def first_extremum(ctx, node, grads):
+    """Max/Min: g·1[x_i = y and x_j ≠ y for every j < i] to input i (ties to the first)."""
+    b, g, y = ctx.b, grads[0], node.output[0]
+    wanted = [i for i in range(len(node.input)) if ctx.wants(node, i)]
+    terms, taken = [], None
+    for i in range(wanted[-1] + 1 if wanted else 0):
+        hit = b.op("Equal", node.input[i], y)
+        pick = hit if taken is None else b.op("And", hit, b.op("Not", taken))
+        terms.append(lambda pick=pick: b.op("Where", pick, g, b.const(0.0)))
+        if i < wanted[-1]:
+            taken = hit if taken is None else b.op("Or", taken, hit)
+    return _each(ctx, node, terms + [None] * (len(node.input) - len(terms)))
