@@ -277,3 +277,20 @@ def test_model_output_reaches_the_explainer(model, tmp_path, monkeypatch):
     assert cli.main([*export, "--model-output", "scores"]) == 1
     assert cli.main(export) == 1
     assert seen[0]["output"] == "scores" and "output" not in seen[1]
+
+
+def test_files_no_index_lists_are_never_overwritten(model, tmp_path):
+    """A user's own x_gradient.npy (no maps.json lists it) survives; this run names around it.
+    A hidden file that only looks like a temporary survives the clean-up of temporaries."""
+    images = make_images(tmp_path / "in", ["x.png"])
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = out / "x_gradient.npy"
+    np.save(mine, np.arange(3.0))
+    notes = out / ".notes.part.txt"
+    notes.write_text("keep")
+    assert explain(model, *images, "--out", out) == 0
+    np.testing.assert_array_equal(np.load(mine), np.arange(3.0))
+    assert notes.read_text() == "keep"
+    listed = [e["npy"] for e in json.loads((out / "maps.json").read_text())["maps"]]
+    assert "x_gradient_2.npy" in listed and mine.name not in listed

@@ -58,6 +58,18 @@ def test_cpp_example_gives_the_python_maps(tmp_path):
         _run([example / "explain_map", graph, tmp_path / "image.npy", 5, out, key])
         np.testing.assert_allclose(np.load(out), maps[key], rtol=1e-5,
                                    atol=1e-6 * np.abs(maps[key]).max())
+    default = tmp_path / "default.npy"   # no MAP_NAME: the first map, found by its name
+    _run([example / "explain_map", graph, tmp_path / "image.npy", 5, default])
+    np.testing.assert_array_equal(np.load(default), np.load(tmp_path / "map0.npy"))
     bad = subprocess.run([str(example / "explain_map"), str(graph), str(tmp_path / "missing.npy"), "0",
                           str(tmp_path / "x.npy")], capture_output=True, text=True)
     assert bad.returncode == 1 and "cannot open" in bad.stderr
+    for target in ("1000", "-5"):          # out of range: the run fails, nothing is written
+        bad = subprocess.run([str(example / "explain_map"), str(graph), str(tmp_path / "image.npy"),
+                              target, str(tmp_path / "y.npy")], capture_output=True, text=True)
+        assert bad.returncode == 1 and "out of data bounds" in bad.stderr, bad.stderr
+        assert not (tmp_path / "y.npy").exists()
+    np.save(tmp_path / "huge.npy", np.full_like(x, 3e38))   # float32 overflow inside: finite false
+    bad = subprocess.run([str(example / "explain_map"), str(graph), str(tmp_path / "huge.npy"), "5",
+                          str(tmp_path / "z.npy")], capture_output=True, text=True)
+    assert bad.returncode == 1 and "contain NaN or Inf" in bad.stderr, bad.stderr

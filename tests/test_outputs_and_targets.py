@@ -155,3 +155,24 @@ def test_targets_beyond_int64_are_refused(graphs, target):
     ex = osal.Explainer(graphs.build("mini_cnn"), methods=["gradient"], fused=False)
     with pytest.raises(InputError, match=r"target -?\d+ is not a class index \(beyond int64\)"):
         ex.explain(X, target)
+
+
+def test_a_runtime_that_does_not_check_gather_still_flags_a_bad_target(saved):
+    """ORT's CUDA provider and OpenVINO do not raise on an out-of-bounds Gather: the graph then
+    gives that image NaN maps and finite = False (simulated by taking the Gather out)."""
+    ex, _ = saved
+    model = onnx.ModelProto()
+    model.CopyFrom(ex.model)
+    gathers = [n for n in model.graph.node if n.op_type == "Gather" and "Range" in n.input[0]]
+    assert len(gathers) == 1
+    node = gathers[0]
+    node.op_type = "Identity"        # the index passes unchecked, as such a runtime lets it
+    del node.input[0]
+    del node.attribute[:]
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    for bad in (5, -5, 2**63 - 1):
+        out = dict(zip(names, session.run(None, {"x": X, "target": np.array([bad, 2])})))
+        assert out["finite"].tolist() == [False, True]
+        for key in ex.map_names:
+            assert np.isnan(out[key][0]).all() and np.isfinite(out[key][1]).all()

@@ -191,3 +191,31 @@ def test_a_method_with_nothing_to_rectify_warns(graphs, model, warns):
     assert len(messages) == (2 if warns else 0)
     if warns:
         assert messages[0].startswith("guided_backprop:") and messages[1].startswith("deconvnet:")
+
+
+def test_relu6_with_one_element_bounds_is_relu_like():
+    """Clip(0, 6) whose min and max are [1]-shaped tensors (ONNX Runtime accepts them) is
+    rectified like a scalar-bounded one."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(4)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal((5, 4)).astype(np.float32), "fc")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Clip", ["c", "lo", "hi"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "fc"], ["logits"], transB=1)]
+    x = np.random.default_rng(5).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    maps = {}
+    for shape in ([], [1]):
+        bounds = [numpy_helper.from_array(np.full(shape, v, np.float32), n)
+                  for n, v in (("lo", 0.0), ("hi", 6.0))]
+        graph = helper.make_graph(nodes, "clip1", [helper.make_tensor_value_info(
+            "x", TensorProto.FLOAT, ["N", 3, 6, 6])], [helper.make_tensor_value_info(
+                "logits", TensorProto.FLOAT, ["N", 5])], inits + bounds)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        maps[len(shape)] = osal.Explainer(model, methods=METHODS, fused=False).explain(x, [1, 2])
+    for method in METHODS:
+        np.testing.assert_array_equal(maps[1][method], maps[0][method])
+    assert rel_err(maps[1]["guided_backprop"], maps[1]["gradient"]) > 0.1

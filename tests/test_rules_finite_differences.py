@@ -191,7 +191,7 @@ def test_norm_rules_with_parameters_match_finite_differences(case):
 
     op, opset, pshape, attrs = NORMS[case]
     rng = np.random.default_rng(3)
-    x = rng.standard_normal([2, 6, 3, 4]) * 2 + 0.5
+    x = rng.standard_normal([2, 6, 3, 4]) * 0.01 + 0.5   # variance ~1e-4: ε (1e-5, 1e-3) matters
     params = {"gamma": rng.standard_normal(pshape) + 1, "beta": rng.standard_normal(pshape)}
     cot = rng.standard_normal(x.shape)
 
@@ -225,4 +225,4 @@ def test_norm_rules_with_parameters_match_finite_differences(case):
                 fd = (f(x, **{t: base + h * v}) - f(x, **{t: base - h * v})) / (2 * h)
             analytic = float((grad.astype(np.float64) * v).sum())
             scale = np.linalg.norm(grad) * np.linalg.norm(v)
-            assert abs(fd - analytic) <= 1e-3 * scale, (case, t, fd, analytic)
+            assert abs(fd - analytic) <= 1e-4 * scale, (case, t, fd, analytic)

@@ -3,7 +3,8 @@
 //   explain_map EXPLAINER.onnx IMAGE.npy TARGET OUT.npy [MAP_NAME]
 //
 // IMAGE.npy: float32 [N,C,H,W], already preprocessed as the model expects. TARGET: class index
-// (-1: each image's top-1). Writes the map named MAP_NAME (default: the first map output) as a
+// (-1: each image's top-1). Writes the map named MAP_NAME (default: the first of the graph's
+// onnx_saliency.maps metadata) as a
 // float32 .npy [N,H,W]; fails (exit 1) when the graph's `finite` flag is false for an image or
 // the target is out of range. The custom-op library (fused NormGrad / RectifiedConvTranspose) is
 // registered from the path the onnx_saliency CMake package recorded.
@@ -97,7 +98,19 @@ int main(int argc, char** argv) {
     Ort::AllocatorWithDefaultOptions alloc;
     std::string image_name = session.GetInputNameAllocated(0, alloc).get();
     std::string target_name = session.GetInputNameAllocated(1, alloc).get();
-    std::string map_name = argc > 5 ? argv[5] : session.GetOutputNameAllocated(1, alloc).get();
+    // outputs are read by name: the first map's name comes from the graph's metadata
+    // onnx_saliency.maps, a JSON list of the map names in order
+    std::string map_name = argc > 5 ? argv[5] : "";
+    if (map_name.empty()) {
+      auto maps = session.GetModelMetadata().LookupCustomMetadataMapAllocated("onnx_saliency.maps",
+                                                                              alloc);
+      std::string list = maps ? maps.get() : "";
+      auto open = list.find('"'), close = list.find('"', open + 1);
+      if (open == std::string::npos || close == std::string::npos) {
+        throw std::runtime_error("the graph has no onnx_saliency.maps metadata; give MAP_NAME");
+      }
+      map_name = list.substr(open + 1, close - open - 1);
+    }
 
     auto mem = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
     int64_t tshape[1] = {shape[0]};

@@ -48,9 +48,11 @@ class MapRequest:
 def one_hot_seed(b: GraphBuilder, index: GraphIndex, logits: str) -> Seeds:
     """{logits: one-hot of the target}, broadcast over space (today's target; walk.Target).
 
-    target −1 is the image's top-1; any other value outside [0, K) fails the run: it is mapped
-    to K and passed through Gather(range(K), ·), which ONNX defines as an error for an index out
-    of bounds (ONNX Runtime raises it), instead of a one-hot of zeros or a silent top-1."""
+    target −1 is the image's top-1; any other value outside [0, K) is refused twice: it is
+    mapped to K and passed through Gather(range(K), ·), an index out of bounds that ONNX Runtime's
+    CPU provider raises as an error; and, for runtimes that do not check Gather's indices (ORT's
+    CUDA provider, OpenVINO), that image's seed is NaN, so its maps are NaN and its `finite`
+    output false: never a one-hot of zeros, of class 0, or a silent top-1."""
     rank = index.rank(logits) or 2
     scores = logits if rank == 2 else b.reduce("ReduceSum", logits, list(range(2, rank)), False)
     top1 = b.op("ArgMax", scores, axis=1, keepdims=0)
@@ -58,11 +60,15 @@ def one_hot_seed(b: GraphBuilder, index: GraphIndex, logits: str) -> Seeds:
     depth = b.ints([classes]) if isinstance(classes, int) else b.shape(logits, 1, 2)
     k = b.op("Squeeze", depth, b.ints([0]))
     minus_one = b.const(-1, np.int64)
-    invalid = b.op("Where", b.op("Less", TARGET, b.const(0, np.int64)), k, TARGET)
+    invalid = b.op("Where", b.op("Less", TARGET, b.const(0, np.int64)), k, TARGET)  # < 0: K
     chosen = b.op("Where", b.op("Equal", TARGET, minus_one), top1, invalid)
     classes_range = b.op("Range", b.const(0, np.int64), k, b.const(1, np.int64))
     target = b.op("Gather", classes_range, chosen, axis=0)
     onehot = b.op("OneHot", target, depth, b.const([0.0, 1.0]), axis=-1)
+    zero = b.const(0, np.int64)
+    valid = b.op("Or", b.op("Equal", TARGET, minus_one),
+                 b.op("And", b.op("GreaterOrEqual", TARGET, zero), b.op("Less", TARGET, k)))
+    onehot = b.op("Where", b.unsqueeze(valid, [1]), onehot, b.const(np.nan))
     if rank == 2:
         return {logits: onehot}
     over_space = b.unsqueeze(onehot, list(range(2, rank)))
@@ -120,13 +126,12 @@ class _Assembly:
         """`walk` from the seeds to `wrt` (tensors of the graph the walks run on: `read`)."""
         return walk(self.b, self.index, self.seeds, wrt)
 
-    def finite_flag(self, tensors: Sequence[str]) -> str:
-        """bool [N]: every value of the image in `tensors` (each [N, …]) is finite. x·0 is NaN
-        exactly where x is ±Inf or NaN, so one sum per tensor finds any."""
+    def finite_flag(self, tensors: Sequence[tuple[str, int]]) -> str:
+        """bool [N]: every value of the image in `tensors` ((name, rank), each [N, …]) is
+        finite. x·0 is NaN exactly where x is ±Inf or NaN, so one sum per tensor finds any."""
         b = self.b
         sums = []
-        for t in tensors:
-            rank = self.index.rank(t) or 3
+        for t, rank in tensors:
             sums.append(b.reduce("ReduceSum", b.op("Mul", t, b.const(0.0)), list(range(1, rank)),
                                  keepdims=False))
         return b.op("Not", b.op("IsNaN", b.sum(sums)))
@@ -141,7 +146,8 @@ class _Assembly:
             raise ModelError(f"The model already has a tensor named '{clashes[0]}', the name of "
                              "an explainer output; rename it in the model.")
         if finite:
-            flag = self.finite_flag([t for _, t, _ in outputs] + ([self.logits] if keep_logits else []))
+            logits = [(self.logits, self.index.rank(self.logits) or 2)] if keep_logits else []
+            flag = self.finite_flag([(t, rank) for _, t, rank in outputs] + logits)
         graph = self.model.graph
         self.b.apply_forward_edits(graph)
         graph.initializer.extend(self.b.initializers)   # after finite_flag: it adds constants
@@ -391,8 +397,9 @@ class Explainer:
         return out
 
     def save(self, path, portable: bool | None = None) -> None:
-        """Write the explainer graph: inputs (image, target int64 [N]; −1 = top-1),
-        outputs (logits, one [N,H,W] map per key).
+        """Write the explainer graph: inputs (image, target int64 [N]; −1 = top-1, another value
+        outside [0, K) fails the run or, where the runtime does not check, gives NaN maps),
+        outputs by name (logits, one [N,H,W] map per key in `map_names`, `finite` bool [N]).
 
         `portable=True` writes standard ONNX ops only (the fused ops' decompositions): it runs
         in any ONNX runtime, a bare `onnxruntime.InferenceSession` included. `portable=False`

@@ -33,7 +33,9 @@ OUT_FOLDER_HELP = (
     "run is writing is refused. Unreadable images (corrupt, truncated, decompression bombs) are "
     "skipped with a warning and listed under 'skipped' in maps.json; the exit status is 1 only "
     "when none could be read. Inputs that share a stem (a/x.png and b/x.png, x.png and x.jpg) are "
-    "named x_png, x_jpg, then x_png_2, ... in input order.")
+    "named x_png, x_jpg, then x_png_2, ... in input order. Files already in the folder that no "
+    "maps.json lists are never overwritten: this run's files take the next free name "
+    "(x_gradient_2).")
 
 
 class UsageError(Exception):
@@ -209,6 +211,10 @@ class Run:
         self.removing: list[str] = []     # an earlier run's files, listed until they are gone
         self._taken: set[str] = set()
 
+    def reserve(self, names) -> None:
+        """Names this run must not write (files already in the folder)."""
+        self._taken.update(names)
+
     def add(self, stem: str, entry: dict, rgb: np.ndarray, saliency: np.ndarray) -> None:
         from .viz import save_overlay
 
@@ -245,13 +251,17 @@ def run_folder(folder: Path, model: str, overwrite: bool):
         run = Run(folder, model)
         run.removing = earlier_maps(folder, overwrite)
         with SIGNALS.critical():
-            for part in folder.glob(".*.part.*"):       # left by a killed run (none is writing)
-                part.unlink()
+            for suffix in (".npy", ".png", ".json", ".onnx"):   # atomic()'s temporaries, left
+                for part in folder.glob(f".*.part{suffix}"):   # by a killed run (none is writing)
+                    part.unlink()
             run.flush()                   # this run's index replaces the earlier one, which
             for name in run.removing:     # lists the earlier files until they are removed
                 (folder / name).unlink(missing_ok=True)
             run.removing = []
             run.flush()
+            # files already there (the user's, or a killed run's unlisted ones) are never
+            # overwritten: this run's names step around them (x_gradient_2)
+            run.reserve(p.stem for p in folder.iterdir() if p.suffix in (".npy", ".png"))
         status = "failed"
         try:
             yield run

@@ -66,7 +66,8 @@ def check_images(images, expected: Sequence[int | str | None]) -> np.ndarray:
 
 
 def check_targets(target: TargetLike, n: int, num_classes: int | None) -> np.ndarray:
-    """int64 [N] targets; −1 means "the image's top-1 class" (resolved inside the graph)."""
+    """int64 [N] targets for the graph's `target` input; None gives −1, the graph's encoding of
+    "the image's top-1 class". Given targets must lie in [0, K) when K is known."""
     if target is None:
         return np.full(n, -1, np.int64)
     try:

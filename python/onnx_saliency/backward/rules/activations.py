@@ -255,12 +255,12 @@ def relu_like(node: onnx.NodeProto, index) -> bool:
     if node.op_type != "Clip" or len(node.input) < 2 or not node.input[1]:
         return False
     low = index.const(node.input[1])
-    return low is not None and low.size == 1 and float(low) == 0.0
+    return low is not None and low.size == 1 and float(low.reshape(-1)[0]) == 0.0
 
 
 _NOTHING_RECTIFIED = (
     f"the model has no ReLU-like unit ({', '.join(RELU_LIKE_OPS[:-1])} or Clip with min 0) "
-    "between the input and the logits, so nothing is rectified and the map equals the plain "
+    "between its taps and the logits, so nothing is rectified and the map equals the plain "
     "gradient's.")
 GUIDED_BACKPROP = RuleTable("guided_backprop", over=GRADIENT, acts_on=relu_like,
                             inert_warning=_NOTHING_RECTIFIED)

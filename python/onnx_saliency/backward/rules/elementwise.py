@@ -24,10 +24,12 @@ def scaled(ctx: RuleContext, node, grads, factor: str) -> list:
 
 
 def _each(ctx: RuleContext, node, terms):
-    """Unbroadcast each term to its input; terms[i] is a thunk so unwanted ones are never built."""
+    """Unbroadcast each term to its input; terms[i] is a thunk so unwanted ones are never built
+    (a thunk may return None: no gradient to that input)."""
     out = node.output[0]
-    return [ctx.unbroadcast(make(), node.input[i], out) if ctx.wants(node, i) else None
-            for i, make in enumerate(terms)]
+    made = [make() if ctx.wants(node, i) else None for i, make in enumerate(terms)]
+    return [None if t is None else ctx.unbroadcast(t, node.input[i], out)
+            for i, t in enumerate(made)]
 
 
 @GRADIENT.rule("Add", "Sum")
@@ -117,8 +119,11 @@ def pow_(ctx, node, grads):
     def dx():
         known = ctx.index.const(e)
         if known is not None:
+            if not known.any():
+                return None                   # x⁰ = 1: no gradient (not 0·x⁻¹, NaN at x = 0)
             e_f = b.const(known, np.float32)
-            e_m1 = b.const(known.astype(np.float64) - 1.0, np.float32)
+            # where e = 0 the term is e·x⁰ = 0 at every x (e − 1 there would give 0·∞ at x = 0)
+            e_m1 = b.const(np.where(known == 0, 0.0, known.astype(np.float64) - 1.0), np.float32)
         else:
             e_f = e if ctx.index.types.get(e) == to else b.op("Cast", e, to=to)
             e_m1 = b.op("Sub", e_f, b.const(1.0))
