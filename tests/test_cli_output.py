@@ -215,7 +215,7 @@ def test_unreadable_images_are_skipped_and_listed(model, tmp_path, capsys):
     (folder / "truncated.png").write_bytes(good[0].read_bytes()[:200])
     (folder / "text.png").write_text("not an image")
     out = tmp_path / "out"
-    assert explain(model, folder, "--out", out) == 0
+    assert explain(model, folder, "--out", out) == 1         # written, but some were skipped
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 3 and "Traceback" not in err and "decompression bomb" in err
     index = assert_consistent(out)

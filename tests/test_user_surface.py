@@ -56,7 +56,7 @@ def test_cli_export_writes_a_runnable_graph(tmp_path, capsys):
     assert not any(n.domain for n in onnx.load(out).graph.node)
     assert main(["export", str(path), "-o", str(out), "--method", "tsgb", "--fused"]) == 0
     assert any(n.domain == "ai.onnx_saliency" for n in onnx.load(out).graph.node)
-    assert main(["export", str(tmp_path / "missing.onnx"), "-o", str(out)]) == 1
+    assert main(["export", str(tmp_path / "missing.onnx"), "-o", str(out)]) == 2   # a usage error
     assert "error" in capsys.readouterr().err
     # combination and meta from the command line give the Python API's maps
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)

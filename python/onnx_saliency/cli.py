@@ -1,8 +1,11 @@
 """The `onnx-saliency` command: `demo`, `layers MODEL`, `explain MODEL IMAGES...`, `export MODEL`,
-`bench MODEL`.
+`bench MODEL` (also `python -m onnx_saliency`).
 
-Exit codes: 0 success, 2 usage error (bad flags or paths), 1 failure (one clear line, no traceback);
-128 + the signal's number when SIGTERM or SIGINT (Ctrl-C) stops a run.
+Exit codes (EXIT_CODES): 0 success; 2 usage error (bad flags, unknown method/layer/target/output,
+unreadable paths, mismatched --mean/--std/--channels), checked before the model is loaded where
+possible; 1 failure while working (and `explain` skipped an unreadable image); 128 + the signal's number when
+SIGTERM or SIGINT (Ctrl-C) stops a run. Every error is one line, no traceback; Python warnings are
+one line too (`onnx-saliency: warning: ...`).
 
 Preprocessing for `explain`: --mean/--std/--size flags, else the model's metadata
 (`onnx_saliency.mean`, `onnx_saliency.std` as JSON lists, `onnx_saliency.size` as [H, W]), else the
@@ -15,6 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
@@ -23,22 +28,36 @@ import numpy as np
 from . import Explainer, default_layers
 from .combine import COMBINATIONS
 from .errors import LayerNotFoundError, SaliencyError
+from .methods import REGISTRY
 from .output_folder import (INDEX, OUT_FOLDER_HELP, SIGNALS, CommandError, Interrupted, Run,
                             UsageError, atomic, earlier_maps, output_stems, run_folder)
 
 PRESETS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
            "paddle": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
 DEMO_METHODS = ["gradient", "input_x_gradient", "guided_backprop", "gradcam"]
+EXIT_CODES = ("exit status: 0 success; 2 usage error (bad flags, unknown method/layer/target/"
+              "output, unreadable paths, mismatched --mean/--std/--channels); 1 failure while "
+              "working (explain: also when an unreadable image was skipped); 128 + the signal's "
+              "number when SIGTERM or Ctrl-C stops a run")
+INPUT_METHODS = sorted(name for name, cls in REGISTRY.items() if not cls.layer_method)
+LAYER_METHODS = sorted(name for name, cls in REGISTRY.items() if cls.layer_method)
+METHOD_HELP = (f"method name, repeatable (default gradient): input methods "
+               f"{', '.join(INPUT_METHODS)}; layer methods (tapped at --layer) {', '.join(LAYER_METHODS)}")
+
+
 class UnreadableImage(Exception):
     """An image file Pillow cannot read: `explain` skips it."""
 
 
-def _load_image(path: Path, size: tuple[int, int]) -> np.ndarray:
+def _load_image(path: Path, size: tuple[int, int], channels: int = 3):
+    """(RGB [H,W,3] for the overlay, the model's [H,W,channels]: RGB, or "L" for 1 channel)."""
     from PIL import Image
 
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert("RGB").resize((size[1], size[0]), Image.BILINEAR))
+            rgb = img.convert("RGB").resize((size[1], size[0]), Image.BILINEAR)
+            x = rgb if channels == 3 else img.convert("L").resize(rgb.size, Image.BILINEAR)
+            return np.asarray(rgb), np.asarray(x).reshape(size[0], size[1], channels)
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
         raise UnreadableImage(f"'{path}' ({' '.join(str(exc).split())})") from None   # one line
 
@@ -81,21 +100,66 @@ def _target(target: str, labels: list[str] | None):
     raise UsageError(f"--target must be 'top1', a class index or a class label, not '{target}'{known}")
 
 
+def _input_dims(proto) -> tuple[str, list]:
+    """The model's image input: its name and dims (an int, or None when symbolic)."""
+    inits = {i.name for i in proto.graph.initializer}
+    inp = next((i for i in proto.graph.input if i.name not in inits), None)
+    if inp is None:
+        return "", []
+    return inp.name, [d.dim_value if d.HasField("dim_value") else None
+                      for d in inp.type.tensor_type.shape.dim]
+
+
+def _check_layout(proto, layout: str) -> None:
+    """A usage error when the model's input is plainly in the other layout than --layout."""
+    name, dims = _input_dims(proto)
+    if len(dims) != 4:
+        return
+    first, last = dims[1] in (1, 3), dims[3] in (1, 3)
+    if first != last and (layout == "NHWC") == first:
+        shown = "×".join("N" if i == 0 else str(d or "?") for i, d in enumerate(dims))
+        fix = "first (NCHW): drop --layout NHWC" if first else "last (NHWC): pass --layout NHWC"
+        raise UsageError(f"--layout {layout}, but the model's input '{name}' is {shown}, channels "
+                         f"{fix}")
+
+
+def _norm(values, default, channels: int, flag: str) -> np.ndarray:
+    """--mean/--std as [C,1,1]: one value for every channel, or one per channel; a 3-value preset
+    averaged for a 1-channel model."""
+    if values is None:
+        values = default
+        if channels == 1 and len(values) == 3:
+            values = [float(np.mean(values))]
+    if len(values) not in (1, channels):
+        many = f"1 or {channels} numbers" if channels > 1 else "1 number"
+        raise UsageError(f"{flag} takes {many} for this {channels}-channel model, "
+                         f"not {len(values)}")
+    return np.asarray(values, np.float32)[:, None, None]
+
+
 def _explain(model, files, methods, layers, target, out: Path, size, preset, batch_size,
              providers=None, mean=None, std=None, labels=None, layout="NCHW", options=None,
-             overwrite=False):
+             overwrite=False, channels=None) -> int:
     from .canonical import load_model
 
     earlier_maps(out, overwrite)    # refuse before building the model (checked again when locked)
     proto = load_model(model)        # read once: metadata here, the graph for the Explainer
+    _check_layout(proto, layout)
     meta = _metadata(proto)
-    mean = mean or meta.get("mean") or PRESETS[preset][0]
-    std = std or meta.get("std") or PRESETS[preset][1]
-    mean, std = (np.asarray(v, np.float32)[:, None, None] for v in (mean, std))
     labels = labels or meta.get("labels")
     cls_target = _target(target, labels)
-    ex = Explainer(proto, methods=methods, layers=layers or None, providers=providers,
-                   layout=layout, **(options or {}))
+    ex = _layer_errors(lambda: Explainer(proto, methods=methods, layers=layers or None,
+                                         providers=providers, layout=layout, **(options or {})),
+                       model)
+    k = ex.num_classes
+    if cls_target is not None and k is not None and not 0 <= cls_target < k:
+        raise UsageError(f"--target {cls_target} is not a class of this model (0 to {k - 1})")
+    model_c = ex.input_shape[1] if isinstance(ex.input_shape[1], int) else None
+    if channels and model_c and channels != model_c:
+        raise UsageError(f"--channels {channels}, but the model takes {model_c}-channel images")
+    channels = channels or (1 if model_c == 1 else 3)
+    mean = _norm(mean, meta.get("mean") or PRESETS[preset][0], channels, "--mean")
+    std = _norm(std, meta.get("std") or PRESETS[preset][1], channels, "--std")
     size = size or meta.get("size")
     h, w = size if size else [d if isinstance(d, int) else 224 for d in ex.input_shape[2:]]
     stems = output_stems(files)
@@ -103,7 +167,7 @@ def _explain(model, files, methods, layers, target, out: Path, size, preset, bat
         progress = _progress(len(files))
         for start in range(0, len(files), batch_size):     # one batch in memory at a time
             chunk = list(zip(files[start:start + batch_size], stems[start:start + batch_size]))
-            batch = _readable(run, chunk, (h, w))
+            batch = _readable(run, chunk, (h, w), channels)
             if batch:
                 _write_batch(run, ex, batch, cls_target, labels, (mean, std))
             progress.update(len(chunk))
@@ -112,14 +176,26 @@ def _explain(model, files, methods, layers, target, out: Path, size, preset, bat
             raise CommandError(f"none of the {len(files)} image(s) could be read")
     skipped = f"; skipped {len(run.skipped)} unreadable (listed in {INDEX})" if run.skipped else ""
     print(f"wrote {len(run.maps)} maps for {len(files) - len(run.skipped)} image(s) to {out}{skipped}")
+    return 1 if run.skipped else 0
 
 
-def _readable(run: Run, chunk, size: tuple[int, int]) -> list[tuple[Path, str, np.ndarray]]:
-    """(file, stem, RGB array) for each image of `chunk` that can be read; the others are skipped."""
+def _layer_errors(build, model):
+    """build(), a LayerNotFoundError a usage error pointing to `onnx-saliency layers MODEL`."""
+    try:
+        return build()
+    except LayerNotFoundError as exc:
+        hint = f"`onnx-saliency layers {model}`"
+        raise UsageError(str(exc).replace("onnx_saliency.list_layers(model)", hint)
+                         .replace("onnx_saliency.list_layers", hint)) from None
+
+
+def _readable(run: Run, chunk, size: tuple[int, int], channels: int = 3):
+    """(file, stem, RGB array, model array) for each image of `chunk` that can be read; the others
+    are skipped."""
     batch = []
     for f, stem in chunk:
         try:
-            batch.append((f, stem, _load_image(f, size)))
+            batch.append((f, stem, *_load_image(f, size, channels)))
         except UnreadableImage as exc:
             run.skip(f, str(exc))
     return batch
@@ -128,11 +204,11 @@ def _readable(run: Run, chunk, size: tuple[int, int]) -> list[tuple[Path, str, n
 def _write_batch(run: Run, ex, batch, cls_target, labels, norm) -> None:
     """Explain one batch and write its maps, then maps.json; SIGTERM waits for the writes."""
     mean, std = norm
-    x = np.stack([(rgb.transpose(2, 0, 1) / 255.0 - mean) / std for _, _, rgb in batch])
+    x = np.stack([(img.transpose(2, 0, 1) / 255.0 - mean) / std for _, _, _, img in batch])
     result = ex.run(x.astype(np.float32), cls_target)
     logits = result.pop("logits")
     with SIGNALS.critical():
-        for i, (f, stem, rgb) in enumerate(batch):
+        for i, (f, stem, rgb, _) in enumerate(batch):
             cls = int(logits[i].argmax()) if cls_target is None else cls_target
             for key, maps in result.items():
                 entry = {"image": str(f), "method": key.split("@")[0],
@@ -205,8 +281,10 @@ def _export(args) -> None:
         raise UsageError(f"-o '{out}' is a folder; give the path of the .onnx file to write")
     if not out.parent.is_dir():
         raise UsageError(f"-o '{out}': no such folder '{out.parent}'")
-    ex = Explainer(args.model, methods=args.method or ["gradient"], layers=args.layer,
-                   fused=True if args.fused else None, **_explainer_options(args))
+    options = _explainer_options(args)
+    ex = _layer_errors(lambda: Explainer(args.model, methods=args.method or ["gradient"],
+                                         layers=args.layer, fused=True if args.fused else None,
+                                         **options), args.model)
     with atomic(out) as part:
         ex.save(part, portable=not args.fused)
     print(f"wrote {out}: maps {', '.join(ex.map_names)}")
@@ -222,61 +300,123 @@ def _explain_command(args) -> None:
     if args.batch_size < 1 or (args.size and min(args.size) < 1):
         raise UsageError("--batch-size and --size must be positive")
     if any(v and len(v) not in (1, 3) for v in (args.mean, args.std)) or 0 in (args.std or []):
-        raise UsageError("--mean and --std take 1 or 3 numbers (R G B); --std none that is 0")
+        raise UsageError("--mean and --std take 1 or 3 numbers (one for every channel, or one per "
+                         "channel); --std none that is 0")
     out = Path(args.out)
     if any(Path(i).is_dir() and Path(i).resolve() == out.resolve() for i in args.images):
         raise UsageError(f"--out '{out}' is an input folder: the maps would be read as images by "
                          "the next run; choose another --out")
-    _explain(args.model, _image_files(args.images), args.method or ["gradient"],
-             args.layer, args.target, out, args.size, args.preset,
-             args.batch_size, args.providers, args.mean, args.std, labels, args.layout,
-             _explainer_options(args), args.overwrite)
+    files = _image_files(args.images)
+    _check_model_path(args.model)
+    return _explain(args.model, files, args.method or ["gradient"],
+                    args.layer, args.target, out, args.size, args.preset,
+                    args.batch_size, args.providers, args.mean, args.std, labels, args.layout,
+                    _explainer_options(args), args.overwrite, args.channels)
+
+
+def _check_model_path(model: str) -> None:
+    path = Path(model)
+    if not path.is_file():
+        raise UsageError(f"no such model file: '{model}'")
+    try:
+        path.open("rb").close()
+    except OSError as exc:
+        raise UsageError(f"cannot read the model '{model}': {exc.strerror}") from None
+
+
+def _check_methods(args) -> None:
+    """Unknown method names are usage errors (before the model is loaded); --layer with input
+    methods is a warning."""
+    for name in getattr(args, "method", None) or []:
+        if name not in REGISTRY:
+            raise UsageError(f"unknown --method '{name}'; available: {', '.join(sorted(REGISTRY))}")
+    inputs = [m for m in (getattr(args, "method", None) or ["gradient"]) if m in INPUT_METHODS]
+    if getattr(args, "layer", None) and inputs:
+        warnings.warn(f"input methods ignore --layer: {', '.join(dict.fromkeys(inputs))}",
+                      stacklevel=2)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2) and the exit codes in every --help."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("epilog", EXIT_CODES)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"onnx-saliency: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("onnx-saliency")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="onnx-saliency", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="onnx-saliency", description=(
+        "Saliency maps for ONNX image models: `demo` explains the bundled model, `layers MODEL` "
+        "lists layer names, `explain MODEL IMAGES...` writes maps and overlays, `export MODEL` "
+        "writes the explainer graph, `bench MODEL` times it. Methods: "
+        + ", ".join(sorted(REGISTRY)) + "."))
+    parser.add_argument("--version", action="version", version=f"onnx-saliency {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     overwrite = dict(action="store_true", help="replace the maps of an earlier run in --out (the "
                      "files its maps.json lists; nothing else is removed)")
     demo = sub.add_parser("demo", help="explain the bundled text-direction model on its sample image")
     demo.add_argument("--out", default="saliency_out", help="output folder (default: saliency_out)")
     demo.add_argument("--overwrite", **overwrite)
     lay = sub.add_parser("layers", help="list the layer names a model accepts")
-    lay.add_argument("model")
+    lay.add_argument("model", help="the .onnx model")
     lay.add_argument("--model-output", default=None, metavar="NAME",
                      help="the model output whose layers to list (as for explain)")
     exp = sub.add_parser("explain", help="write saliency maps (.npy + overlay .png) for images",
                          description=OUT_FOLDER_HELP)
-    exp.add_argument("model")
+    exp.add_argument("model", help="the .onnx model")
     exp.add_argument("images", nargs="+", help="image files or folders (PNG/JPEG)")
-    exp.add_argument("--method", action="append", default=None, help="method name (repeatable)")
-    exp.add_argument("--layer", action="append", default=None, help="layer for layer methods")
+    exp.add_argument("--method", action="append", default=None, help=METHOD_HELP)
+    exp.add_argument("--layer", action="append", default=None,
+                     help="layer for layer methods, repeatable ('stages': the stage set; "
+                          "`onnx-saliency layers MODEL` lists the names)")
     exp.add_argument("--target", default="top1", help="'top1', a class index or a class label")
     exp.add_argument("--labels", default=None, help="class labels file, one per line")
     exp.add_argument("--layout", choices=["NCHW", "NHWC"], default="NCHW",
                      help="the model's input layout (images are given to it in that layout)")
-    exp.add_argument("--mean", type=float, nargs="+", default=None, help="per-channel mean (0-1 scale)")
-    exp.add_argument("--std", type=float, nargs="+", default=None, help="per-channel std (0-1 scale)")
+    exp.add_argument("--channels", type=int, choices=[1, 3], default=None,
+                     help="image channels given to the model: 1 (grayscale, Pillow's 'L') or 3 "
+                          "(RGB); default: the model's input channels (overlays are always RGB)")
+    exp.add_argument("--mean", type=float, nargs="+", default=None,
+                     help="mean (0-1 scale): one value for every channel, or one per channel")
+    exp.add_argument("--std", type=float, nargs="+", default=None,
+                     help="std (0-1 scale): one value for every channel, or one per channel")
     exp.add_argument("--out", default="saliency_out", help="output folder (default: saliency_out)")
     exp.add_argument("--overwrite", **overwrite)
-    exp.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None)
+    exp.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                     help="resize images to H W (default: the metadata's, else the model's input)")
     exp.add_argument("--preset", choices=sorted(PRESETS), default="imagenet",
-                     help="normalisation preset (default imagenet)")
-    exp.add_argument("--batch-size", type=int, default=16)
+                     help="normalisation preset when neither --mean/--std nor metadata give it "
+                          "(default imagenet; averaged for a 1-channel model)")
+    exp.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
     exp.add_argument("--providers", nargs="+", default=None,
                      help="ONNX Runtime execution providers (default CPUExecutionProvider)")
     _add_explainer_options(exp)
     bn = sub.add_parser("bench", help="explain/forward time ratios for the model on this machine")
-    bn.add_argument("model")
-    bn.add_argument("--method", action="append", default=None, help="method name (repeatable)")
-    bn.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    bn.add_argument("--repeat", type=int, default=3)
-    bn.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None)
+    bn.add_argument("model", help="the .onnx model")
+    bn.add_argument("--method", action="append", default=None,
+                    help=METHOD_HELP.replace("default gradient", "default gradient and gradcam"))
+    bn.add_argument("--batches", type=int, nargs="+", default=[1, 8],
+                    help="batch sizes to time (default 1 8)")
+    bn.add_argument("--repeat", type=int, default=3, help="timed runs per batch size (default 3)")
+    bn.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                    help="input size (default: the model's, else 224 224)")
     xp = sub.add_parser("export", help="write the explainer graph (image, target) -> (logits, maps)")
-    xp.add_argument("model")
+    xp.add_argument("model", help="the .onnx model")
     xp.add_argument("-o", "--output", required=True, help="the explainer .onnx to write")
-    xp.add_argument("--method", action="append", default=None, help="method name (repeatable)")
-    xp.add_argument("--layer", action="append", default=None, help="layer for layer methods")
+    xp.add_argument("--method", action="append", default=None, help=METHOD_HELP)
+    xp.add_argument("--layer", action="append", default=None,
+                    help="layer for layer methods, repeatable ('stages': the stage set)")
     _add_explainer_options(xp)
     kind = xp.add_mutually_exclusive_group()
     kind.add_argument("--portable", action="store_true",
@@ -287,13 +427,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _command(args) -> None:
+def _command(args) -> int:
+    """Run the command; its exit status (0, or 1 when `explain` skipped an image)."""
+    _check_methods(args)
     if args.command == "demo":
         data = resources.files("onnx_saliency") / "data"
-        _explain(data / "text_direction_cls.onnx", [Path(str(data / "sample_text.png"))],
+        return _explain(data / "text_direction_cls.onnx", [Path(str(data / "sample_text.png"))],
                  DEMO_METHODS, None, "top1", Path(args.out), (48, 192), "paddle", 1,
                  overwrite=args.overwrite)
-    elif args.command == "layers":
+    if args.command != "explain":         # explain checks its images first, then the model
+        _check_model_path(args.model)
+    if args.command == "layers":
         _layers(args.model, args.model_output)
     elif args.command == "bench":
         from .bench import ratio_table
@@ -305,14 +449,27 @@ def _command(args) -> None:
     elif args.command == "export":
         _export(args)
     else:
-        _explain_command(args)
+        return _explain_command(args)
+    return 0
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"onnx-saliency: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+@contextmanager
+def _one_line_warnings():
+    """Python warnings as one line each, without the source line (inside main only)."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        yield
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        with SIGNALS.installed():
-            _command(args)
+        with SIGNALS.installed(), _one_line_warnings():
+            return _command(args)
     except UsageError as exc:
         print(f"onnx-saliency: error: {exc}", file=sys.stderr)
         return 2
@@ -322,7 +479,6 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as exc:
         print(f"onnx-saliency: stopped by {exc}", file=sys.stderr)
         return 128 + exc.signum
-    return 0
 
 
 if __name__ == "__main__":

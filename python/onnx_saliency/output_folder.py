@@ -31,9 +31,10 @@ OUT_FOLDER_HELP = (
     "missing from it). A folder whose maps.json lists an earlier run's maps is refused unless "
     "--overwrite, which removes the files that maps.json lists and nothing else; a folder another "
     "run is writing is refused. Unreadable images (corrupt, truncated, decompression bombs) are "
-    "skipped with a warning and listed under 'skipped' in maps.json; the exit status is 1 only "
-    "when none could be read. Inputs that share a stem (a/x.png and b/x.png, x.png and x.jpg) are "
-    "named x_png, x_jpg, then x_png_2, ... in input order. Files already in the folder that no "
+    "skipped with a one-line warning each and listed under 'skipped' in maps.json; the other "
+    "images' maps are written, and the exit status is 1 when any image was skipped. Inputs that "
+    "share a stem (a/x.png and b/x.png, x.png and x.jpg) are named x_png, x_jpg, then x_png_2, "
+    "... in input order. Files already in the folder that no "
     "maps.json lists are never overwritten: this run's files take the next free name "
     "(x_gradient_2).")
 

@@ -1,0 +1,7 @@
+"""`python -m onnx_saliency`: the `onnx-saliency` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
