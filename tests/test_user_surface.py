@@ -148,6 +148,11 @@ def test_cli_demo_explain_and_usage_errors(tmp_path, capsys):
         assert np.load(tmp_path / "demo" / entry["npy"]).shape == (48, 192)
         with Image.open(tmp_path / "demo" / entry["png"]) as im:
             assert im.format == "PNG" and im.size[1] == 48
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0    # again: replaces its own maps
+    again = json.loads((tmp_path / "demo" / "maps.json").read_text())
+    assert [e["npy"] for e in again["maps"]] == [e["npy"] for e in index["maps"]]
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == sorted(
+        [f for e in again["maps"] for f in (e["npy"], e["png"])] + ["maps.json"])
     assert main(["explain", str(tmp_path / "nope.onnx"), str(tmp_path / "nothing.png")]) == 2
     assert "no such image" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:

@@ -365,9 +365,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     overwrite = dict(action="store_true", help="replace the maps of an earlier run in --out (the "
                      "files its maps.json lists; nothing else is removed)")
-    demo = sub.add_parser("demo", help="explain the bundled text-direction model on its sample image")
+    demo = sub.add_parser("demo", help="explain the bundled text-direction model on its sample "
+                          "image (run again, it replaces its earlier maps in --out)")
     demo.add_argument("--out", default="saliency_out", help="output folder (default: saliency_out)")
-    demo.add_argument("--overwrite", **overwrite)
     lay = sub.add_parser("layers", help="list the layer names a model accepts")
     lay.add_argument("model", help="the .onnx model")
     lay.add_argument("--model-output", default=None, metavar="NAME",
@@ -434,7 +434,7 @@ def _command(args) -> int:
         data = resources.files("onnx_saliency") / "data"
         return _explain(data / "text_direction_cls.onnx", [Path(str(data / "sample_text.png"))],
                  DEMO_METHODS, None, "top1", Path(args.out), (48, 192), "paddle", 1,
-                 overwrite=args.overwrite)
+                 overwrite=True)   # its own earlier maps: the files maps.json lists, nothing else
     if args.command != "explain":         # explain checks its images first, then the model
         _check_model_path(args.model)
     if args.command == "layers":
