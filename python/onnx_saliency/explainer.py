@@ -59,15 +59,14 @@ def one_hot_seed(b: GraphBuilder, index: GraphIndex, logits: str) -> Seeds:
     classes = (index.shapes.get(logits) or (None, None))[1]
     depth = b.ints([classes]) if isinstance(classes, int) else b.shape(logits, 1, 2)
     k = b.op("Squeeze", depth, b.ints([0]))
-    minus_one = b.const(-1, np.int64)
-    invalid = b.op("Where", b.op("Less", TARGET, b.const(0, np.int64)), k, TARGET)  # < 0: K
-    chosen = b.op("Where", b.op("Equal", TARGET, minus_one), top1, invalid)
+    top1_asked = b.op("Equal", TARGET, b.const(-1, np.int64))
+    in_range = b.op("And", b.op("GreaterOrEqual", TARGET, b.const(0, np.int64)),
+                    b.op("Less", TARGET, k))
+    valid = b.op("Or", top1_asked, in_range)
+    chosen = b.op("Where", top1_asked, top1, b.op("Where", in_range, TARGET, k))   # invalid: K
     classes_range = b.op("Range", b.const(0, np.int64), k, b.const(1, np.int64))
     target = b.op("Gather", classes_range, chosen, axis=0)
     onehot = b.op("OneHot", target, depth, b.const([0.0, 1.0]), axis=-1)
-    zero = b.const(0, np.int64)
-    valid = b.op("Or", b.op("Equal", TARGET, minus_one),
-                 b.op("And", b.op("GreaterOrEqual", TARGET, zero), b.op("Less", TARGET, k)))
     onehot = b.op("Where", b.unsqueeze(valid, [1]), onehot, b.const(np.nan))
     if rank == 2:
         return {logits: onehot}
@@ -232,7 +231,8 @@ class Explainer:
 
     The saved graph's outputs, by name: the logits, one map per key in `map_names` (that
     order), and `finite` (bool [N]: the image's maps and logits hold no NaN/Inf). A target
-    outside [0, K) other than −1 makes the run fail (ONNX Gather out of bounds).
+    outside [0, K) other than −1 makes the run fail (ONNX Gather out of bounds) or, where the
+    runtime does not check Gather, gives that image NaN maps (see `one_hot_seed`).
     """
 
     def __init__(self, model: ModelSource, methods: Sequence[str | Method] | str = ("gradient",),
