@@ -722,11 +722,8 @@ _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorPro
 
 def _listing(graph: onnx.GraphProto) -> str:
     """'name [d0,d1]' for each graph output."""
-    def dims(value):
-        shape = value.type.tensor_type.shape
-        return ",".join(d.dim_param or str(d.dim_value) if (d.dim_param or d.dim_value) else "?"
-                        for d in shape.dim)
-    return ", ".join(f"'{o.name}' [{dims(o)}]" for o in graph.output)
+    return ", ".join(f"'{o.name}' [{','.join(map(str, _dims(o.type.tensor_type.shape)))}]"
+                     for o in graph.output)
 
 
 def _not_an_image(kind: onnx.TypeProto) -> str | None:
