@@ -13,7 +13,15 @@ its tensor's range from 0, every pooling window's maximum leads its runner-up by
 the range, the HardSigmoid/HardSwish corners are further still; in `smooth_units` the Elu and
 Selu inputs are ≥ 2.4e-3 from 0, in `abs_max_min` the Abs inputs ≥ 1.9e-3 from 0 and each
 Max/Min winner leads its runner-up by ≥ 9.3e-4, against FD moves ≤ 1.2e-5 (≥ 50× margin, both
-sides moving). So both sides make the same decisions and no FD straddles a kink. (Measure again
+sides moving); in `reductions` and `reductions_18` each ReduceMax/ReduceMin winner
+leads its runner-up by ≥ 2.1e-4 and the ReduceL1 inputs are ≥ 2.4e-3 from 0, against FD moves
+≤ 7.7e-6 (≥ 16×; Resize, Einsum and ConvTranspose have no kinks); in `gather_elements_nd`
+TopK's kept values lead the rest by ≥ 1.7e-4 and ArgMax's winner by ≥ 7.3e-3,
+`expand_tile_where`'s Where inputs are ≥ 5.0e-4 from its threshold, `shape_subgraph`'s compared inputs ≥ 3.9e-3 from
+theirs, in `piecewise_constant` the Floor/Ceil inputs ≥ 5.9e-4 from an integer, Round's ≥ 2.9e-4
+from a half-integer and Sign's ≥ 4.5e-3 from 0, against FD moves ≤ 1.2e-5 (≥ 9×, both sides
+moving). So both sides make the
+same decisions and no FD straddles a kink. (Measure again
 if the fixtures or their inputs change.) The reference runs Erf and Gelu by their definitions in
 float64 (`REFERENCE_OPS`): the evaluator's own round to float32.
 

@@ -7,12 +7,20 @@ Weight gradient (meta-saliency), per group j: dW_j[k, c, i, l] = Σ_n Σ_v g[n, 
 2-D with known sizes, im2col and one GEMM (weight_gradient); otherwise one Conv whose batch is
 the group's input channel c, whose channels are (j, n), whose kernel is g itself (strides and
 dilations swapped), cropped to the kernel size. dB = Σ_{n,v} g.
+
+ConvTranspose (a decoder's upsampling), y[o] += x[i]·W[k] at o = i·s + k·d − p_begin: its
+adjoint is the correlation dx[i] = Σ_k g[i·s + k·d − p_begin]·W[k], a Conv of g with the same
+weights [C, M/G, k…] (no flip), strides, dilations and groups, begin pads p_begin and end pads
+that give x's size (output_padding and an output_shape's extra length are never read back).
+Its weight gradient is that Conv's, with x as the signal at its output:
+dW[c, m, k] = Σ_n Σ_i x[n, c, i]·g[n, m, i·s + k·d − p_begin]; dB = Σ_{n,v} g.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ...graph import attrs_of
 from ..context import RuleContext, conv_params, conv_transpose_to, to_blocked_layout
 from ..table import GRADIENT
 
@@ -67,6 +75,73 @@ def conv(ctx: RuleContext, node, grads):
     result[0] = conv_transpose_to(ctx, g, node.output[0], w, x, kernel, geo["strides"],
                                   geo["pads"], geo["dilations"], group)
     result[0] = to_blocked_layout(ctx, result[0], x)
+    return result
+
+
+def _transpose_begin_pads(ctx: RuleContext, node, kernel: list, x_hw, y_hw) -> tuple[list, dict]:
+    """(begin pads p_begin, strides/dilations) of a ConvTranspose node as ONNX Runtime applies
+    them: the `pads` attribute, or from an output_shape: with total = s(n − 1) + output_padding
+    + (k − 1)d + 1 − out, p_begin = ⌊total/2⌋ for SAME_UPPER, total − ⌊total/2⌋ otherwise,
+    and 0 where total < 0 (the extra length lies at the end)."""
+    a = attrs_of(node)
+    n = len(kernel)
+    strides = list(a.get("strides", [1] * n))
+    dilations = list(a.get("dilations", [1] * n))
+    auto_pad = a.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    geo = {"strides": strides, "dilations": dilations}
+    if "output_shape" in a:
+        if x_hw is None:
+            raise ctx.unsupported(node, "has an output_shape and an input of unknown size")
+        outs = list(a["output_shape"])[-n:]
+        extra = list(a.get("output_padding", [0] * n))
+        begin = []
+        for size, o, k, s, d, e in zip(x_hw, outs, kernel, strides, dilations, extra):
+            total = s * (size - 1) + e + (k - 1) * d + 1 - o
+            begin.append(0 if total < 0 else total // 2 if auto_pad == "SAME_UPPER"
+                         else total - total // 2)
+        return begin, geo
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        raise ctx.unsupported(node, f"uses auto_pad={auto_pad} without an output_shape; "
+                              "re-export the model with explicit pads")
+    if auto_pad == "VALID":
+        return [0] * n, geo
+    return list(a.get("pads", [0] * 2 * n))[:n], geo
+
+
+@GRADIENT.rule("ConvTranspose")
+def conv_transpose(ctx: RuleContext, node, grads):
+    """dx = Conv(g, W), dW and dB (the module docstring)."""
+    b, g = ctx.b, grads[0]
+    x, w = node.input[0], node.input[1]
+    wshape = ctx.index.shapes.get(w)
+    if wshape is None or not all(isinstance(d, int) for d in wshape):
+        raise ctx.unsupported(node, "has a weight of unknown shape")
+    kernel, group = list(wshape[2:]), attrs_of(node).get("group", 1)
+    n = len(kernel)
+    x_hw, y_hw = ctx.spatial(x), ctx.spatial(node.output[0])
+    if x_hw is None or y_hw is None:
+        raise ctx.unsupported(node, "has an input or output of unknown spatial size")
+    begin, geo = _transpose_begin_pads(ctx, node, kernel, x_hw, y_hw)
+    strides, dilations = geo["strides"], geo["dilations"]
+    # g read at i·s + k·d − p_begin for i < len(x): crop what lies before 0 (p_begin < 0) or
+    # past the last position read; pad the end where the window runs past y
+    read = [s * (size - 1) + d * (k - 1) + 1 for size, s, d, k in zip(x_hw, strides, dilations, kernel)]
+    start = [max(0, -p) for p in begin]
+    begin = [max(0, p) for p in begin]
+    stop = [min(y, r - p + c) for y, r, p, c in zip(y_hw, read, begin, start)]
+    if start != [0] * n or stop != list(y_hw):
+        g = b.op("Slice", g, b.ints(start), b.ints(stop), b.ints(range(2, 2 + n)))
+    end = [r - (st - c) - p for r, st, c, p in zip(read, stop, start, begin)]
+    geo = {"strides": strides, "dilations": dilations, "pads": begin + end}
+    result = [None] * len(node.input)
+    if ctx.wants(node, 0):
+        result[0] = b.op("Conv", g, w, group=group, strides=strides, dilations=dilations,
+                         pads=begin + end, kernel_shape=kernel)
+    if ctx.wants(node, 1):
+        result[1] = weight_gradient(ctx, x, g, x, list(wshape), geo, group)
+    if ctx.wants(node, 2):
+        result[2] = b.reduce("ReduceSum", grads[0], [0] + list(range(2, 2 + n)), False)
     return result
 
 

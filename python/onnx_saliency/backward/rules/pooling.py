@@ -1,11 +1,11 @@
-"""Pooling and reductions.
+"""Pooling.
 
 MaxPool: the signal goes to each window's argmax; overlapping windows add up (scatter-add of g
   at the forward node's Indices output, which the rule asks the builder to switch on; fused: the
   MaxPoolGradient op recomputes the argmax from x, fused.py).
 AveragePool: dx = ConvTranspose(g / d, ones) with d the per-window divisor, computed in-graph as a
   box-sum of a ones map (padding counted when count_include_pad, never the ceil_mode overhang).
-GlobalAveragePool, ReduceMean: g / count, broadcast back. ReduceSum: g broadcast back.
+GlobalAveragePool: g / (H·W), broadcast back (the Reduce ops: reductions.py).
 GlobalMaxPool: the signal goes to the (first) argmax of each channel.
 """
 
@@ -15,8 +15,9 @@ import numpy as np
 
 from ... import fused
 from ...graph import attrs_of
-from ..context import RuleContext, conv_geometry, conv_transpose_to
+from ..context import conv_geometry, conv_transpose_to
 from ..table import GRADIENT
+from .reductions import spread
 
 
 @GRADIENT.rule("MaxPool")
@@ -72,68 +73,12 @@ def _one():
     return numpy_helper.from_array(np.ones([1], np.float32))
 
 
-def _spread(ctx: RuleContext, g: str, x: str, over: list[int], mean: bool) -> str:
-    """Broadcast g (x's shape with the `over` axes at 1) back to x's shape, for a mean divided
-    first (on the small g) by the count of the `over` axes."""
-    b = ctx.b
-    if mean:
-        shape = ctx.index.shapes.get(x)
-        dims = [shape[i] for i in over] if shape is not None else [None]
-        if all(isinstance(d, int) for d in dims):
-            g = b.op("Mul", g, b.const(1.0 / float(np.prod(dims))))
-        else:
-            count = b.reduce("ReduceProd", b.op("Gather", b.shape(x), b.ints(over)), [0])
-            g = b.op("Div", g, b.op("Cast", count, to=1))
-    # with the batch axis kept, g's first dim is x's: the static-shape constant applies
-    shape = b.shape(x) if 0 in over else b.shape_of(x, x, fill=1)
-    return b.op("Expand", g, shape)
-
-
 @GRADIENT.rule("GlobalAveragePool")
 def global_average_pool(ctx, node, grads):
     """g / (H·W) broadcast over H×W: its constants have the same size at any input size."""
     x = node.input[0]
     rank = ctx.index.rank(x) or 4
-    return [_spread(ctx, grads[0], x, list(range(2, rank)), mean=True)]
-
-
-def _reduce_axes(ctx: RuleContext, node) -> tuple[list[int], bool]:
-    a = attrs_of(node)
-    rank = ctx.index.rank(node.input[0])
-    if rank is None:
-        raise ctx.unsupported(node, "reduces a tensor of unknown rank")
-    if len(node.input) > 1 and node.input[1]:
-        axes = ctx.index.const(node.input[1])
-        if axes is None:
-            raise ctx.unsupported(node, "has axes computed at run time")
-        axes = [int(v) for v in axes]
-    else:
-        axes = list(a.get("axes", []))
-    if not axes:
-        if a.get("noop_with_empty_axes", 0):
-            return [], bool(a.get("keepdims", 1))
-        axes = list(range(rank))
-    return sorted(ax % rank for ax in axes), bool(a.get("keepdims", 1))
-
-
-def _reduction(ctx, node, grads, mean: bool):
-    axes, keepdims = _reduce_axes(ctx, node)
-    g = grads[0]
-    if not axes:
-        return [g] + [None] * (len(node.input) - 1)
-    if not keepdims:
-        g = ctx.b.unsqueeze(g, axes)
-    return [_spread(ctx, g, node.input[0], axes, mean)] + [None] * (len(node.input) - 1)
-
-
-@GRADIENT.rule("ReduceMean")
-def reduce_mean(ctx, node, grads):
-    return _reduction(ctx, node, grads, mean=True)
-
-
-@GRADIENT.rule("ReduceSum")
-def reduce_sum(ctx, node, grads):
-    return _reduction(ctx, node, grads, mean=False)
+    return [spread(ctx, grads[0], x, list(range(2, rank)), mean=True)]
 
 
 @GRADIENT.rule("GlobalMaxPool")

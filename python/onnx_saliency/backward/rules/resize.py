@@ -1,0 +1,259 @@
+"""Resize (and Upsample): the transpose of the interpolation, exactly.
+
+Without antialiasing, Resize is separable and linear in x: along each resized axis k the
+output is y = M_k x with M_k an [out, in] matrix of interpolation weights (nearest: one 1 per
+row; linear: two weights; cubic: four, Keys' kernel with coefficient a). So
+dx = g ×_k M_kᵀ over the resized axes: one MatMul per axis against a constant.
+
+M_k is built here in NumPy from the coordinate rule ONNX Runtime applies (float32, as ORT
+computes it), for output index i, scale s, input and output lengths n, m:
+  half_pixel: (i + ½)/s − ½          pytorch_half_pixel: (i + ½)/s − ½, or 0 when m = 1
+  asymmetric: i/s                    tf_half_pixel_for_nn: (i + ½)/s
+  align_corners: i(n − 1)/(m − 1), or 0 when m = 1
+  half_pixel_symmetric: n/2·(1 − m/(s·n)) + (i + ½)/s − ½
+  tf_crop_and_resize: r₀(n − 1) + i(r₁ − r₀)(n − 1)/(m − 1), or (r₀ + r₁)(n − 1)/2 when m = 1;
+    outside [0, n − 1] the output is the extrapolation value: a zero row.
+nearest rounds with nearest_mode (round_prefer_floor: halves down; round_prefer_ceil: halves
+up; floor; ceil) and clamps to [0, n − 1]; linear clamps the coordinate to [0, n − 1]; cubic
+takes the taps ⌊x⌋ − 1 … ⌊x⌋ + 2 clamped to the edge, or with exclude_outside drops the taps
+outside and renormalises. s is the given scale, or m/n where sizes are given (with
+keep_aspect_ratio_policy not_larger/not_smaller: one scale, the min/max of the ratios, and
+m = round(s·n)). Opset 18's `axes` names the axes scales, sizes and roi refer to.
+
+Upsample (opsets 7-9) and Resize-10 have asymmetric coordinates, nearest rounding down (up
+when shrinking); onnx's version converter, which canonicalisation runs below opset 16, turns
+them into Resize with the defaults (half_pixel), so they reach the walk as Resize.
+
+Refused, one sentence each: antialias = 1, lengths unknown where an axis is resized, scales or
+sizes computed at run time where the output length is unknown too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...graph import attrs_of
+from ..context import RuleContext
+from ..table import GRADIENT
+
+F32 = np.float32
+
+
+def _text(value, default: str) -> str:
+    if value is None:
+        return default
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _round_half_away(x: np.ndarray) -> np.ndarray:
+    """std::round: halves away from zero."""
+    return np.sign(x) * np.floor(np.abs(x) + 0.5)
+
+
+def source_coordinates(n: int, m: int, scale: float, mode: str,
+                       roi: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+    """x_original of output indices 0..m−1 (float32, as ONNX Runtime computes them)."""
+    i = np.arange(m, dtype=F32)
+    s = F32(scale)
+    if mode == "half_pixel":
+        return (i + F32(0.5)) / s - F32(0.5)
+    if mode == "pytorch_half_pixel":
+        return (i + F32(0.5)) / s - F32(0.5) if m > 1 else np.zeros(m, F32)
+    if mode == "asymmetric":
+        return i / s
+    if mode == "tf_half_pixel_for_nn":
+        return (i + F32(0.5)) / s
+    if mode == "align_corners":
+        return i * F32(n - 1) / F32(m - 1) if m > 1 else np.zeros(m, F32)
+    if mode == "half_pixel_symmetric":
+        adjustment = F32(m) / (s * F32(n))
+        offset = F32(n) / F32(2) * (F32(1) - adjustment)
+        return offset + (i + F32(0.5)) / s - F32(0.5)
+    if mode == "tf_crop_and_resize":
+        r0, r1 = F32(roi[0]), F32(roi[1])
+        if m > 1:
+            return r0 * F32(n - 1) + i * (r1 - r0) * F32(n - 1) / F32(m - 1)
+        return np.full(m, F32(0.5) * (r0 + r1) * F32(n - 1), F32)
+    raise ValueError(mode)
+
+
+def _cubic_weights(t: np.ndarray, a: float) -> np.ndarray:
+    """Keys' kernel at the four taps ⌊x⌋−1 … ⌊x⌋+2 for fractional parts t, [m, 4]."""
+    d = np.stack([t + 1, t, 1 - t, 2 - t], axis=1).astype(np.float64)
+    near = ((a + 2) * d - (a + 3)) * d * d + 1
+    far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+    return np.where(d <= 1, near, far)
+
+
+def interpolation_matrix(n: int, m: int, scale: float, mode: str, coordinates: str,
+                         nearest_mode: str = "round_prefer_floor", cubic_a: float = -0.75,
+                         exclude_outside: bool = False,
+                         roi: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+    """M [m, n] with y = M x along one axis (float64 weights)."""
+    x = source_coordinates(n, m, scale, coordinates, roi)
+    matrix = np.zeros((m, n))
+    rows = np.arange(m)
+    outside = ((x < 0) | (x > n - 1)) if coordinates == "tf_crop_and_resize" else np.zeros(m, bool)
+    if mode == "nearest":
+        if nearest_mode == "round_prefer_floor":
+            whole = np.trunc(x)
+            idx = np.where(x == whole + F32(0.5), np.floor(x), _round_half_away(x))
+        elif nearest_mode == "round_prefer_ceil":
+            idx = _round_half_away(x)
+        elif nearest_mode == "floor":
+            idx = np.floor(x)
+        elif nearest_mode == "ceil":
+            idx = np.ceil(x)
+        elif nearest_mode == "simple":   # Resize-10, Upsample: down, or up when shrinking
+            idx = np.ceil(x) if scale < 1 else np.floor(x)
+        else:
+            raise ValueError(nearest_mode)
+        matrix[rows, np.clip(idx, 0, n - 1).astype(np.int64)] = 1.0
+    elif mode == "linear":
+        xc = np.clip(x, 0, n - 1).astype(np.float64)
+        lo = np.minimum(np.floor(xc), n - 1).astype(np.int64)
+        hi = np.minimum(lo + 1, n - 1)
+        w = xc - lo
+        np.add.at(matrix, (rows, lo), 1 - w)
+        np.add.at(matrix, (rows, hi), w)
+    elif mode == "cubic":
+        base = np.floor(x).astype(np.int64)
+        w = _cubic_weights((x - np.floor(x)).astype(np.float64), cubic_a)
+        taps = base[:, None] + np.arange(-1, 3)[None, :]
+        if exclude_outside:
+            w = np.where((taps >= 0) & (taps < n), w, 0.0)
+            w = w / w.sum(axis=1, keepdims=True)
+        for j in range(4):
+            np.add.at(matrix, (rows, np.clip(taps[:, j], 0, n - 1)), w[:, j])
+    else:
+        raise ValueError(mode)
+    matrix[outside] = 0.0
+    return matrix
+
+
+def _axis_plan(ctx: RuleContext, node, opset_forms: bool) -> list[tuple[int, int, int, float,
+                                                                           tuple[float, float]]]:
+    """[(axis, n, m, scale, roi)] for every axis of the input."""
+    a = attrs_of(node)
+    x, y = node.input[0], node.output[0]
+    xs, ys = ctx.index.shapes.get(x), ctx.index.shapes.get(y)
+    rank = ctx.index.rank(x)
+    if rank is None:
+        raise ctx.unsupported(node, "resizes a tensor of unknown rank")
+
+    def const(i):
+        if i >= len(node.input) or not node.input[i]:
+            return None
+        value = ctx.index.const(node.input[i])
+        if value is None:
+            return "runtime"
+        return None if value.size == 0 else np.ravel(value)
+
+    if opset_forms:
+        roi, scales, sizes = const(1), const(2), const(3)
+    else:   # Upsample-9, Resize-10: (X, scales); Upsample-7: scales attribute
+        roi, sizes = None, None
+        scales = const(1) if len(node.input) > 1 else np.asarray(a.get("scales", []), F32)
+    axes = [int(v) % rank for v in a.get("axes", range(rank))]
+    full_roi = np.array([0.0] * rank + [1.0] * rank)
+    if isinstance(roi, np.ndarray):
+        full_roi = full_roi.copy()
+        for j, ax in enumerate(axes):
+            full_roi[ax], full_roi[rank + ax] = roi[j], roi[len(axes) + j]
+    elif roi == "runtime" and _text(a.get("coordinate_transformation_mode"), "") == "tf_crop_and_resize":
+        raise ctx.unsupported(node, "has a region of interest computed at run time")
+    n_dims = list(xs) if xs is not None else [None] * rank
+    scale = [1.0] * rank
+    out: list = list(n_dims)
+    if isinstance(scales, np.ndarray):
+        for j, ax in enumerate(axes):
+            scale[ax] = float(F32(scales[j]))
+            if isinstance(n_dims[ax], int):
+                out[ax] = int(np.floor(F32(scales[j]) * F32(n_dims[ax])))
+            elif scale[ax] != 1.0:
+                out[ax] = None
+    elif isinstance(sizes, np.ndarray):
+        if any(not isinstance(n_dims[ax], int) for ax in axes):
+            raise ctx.unsupported(node, "resizes to given sizes an input of unknown size")
+        policy = _text(a.get("keep_aspect_ratio_policy"), "stretch")
+        ratios = [F32(int(sizes[j])) / F32(n_dims[ax]) for j, ax in enumerate(axes)]
+        if policy == "stretch":
+            for j, ax in enumerate(axes):
+                scale[ax], out[ax] = float(ratios[j]), int(sizes[j])
+        else:
+            common = min(ratios) if policy == "not_larger" else max(ratios)
+            for ax in axes:
+                scale[ax] = float(common)
+                out[ax] = int(np.floor(F32(common) * F32(n_dims[ax]) + F32(0.5)))
+    else:   # computed at run time: the lengths from the output's known shape
+        for ax in range(rank):
+            if ys is not None and ys[ax] == n_dims[ax]:
+                continue
+            if ys is None or not isinstance(ys[ax], int) or not isinstance(n_dims[ax], int):
+                raise ctx.unsupported(node, "has scales or sizes computed at run time and an "
+                                      "output of unknown size")
+            out[ax], scale[ax] = ys[ax], float(F32(ys[ax]) / F32(n_dims[ax]))
+    if ys is not None:
+        for ax in range(rank):
+            if isinstance(ys[ax], int) and isinstance(out[ax], int) and ys[ax] != out[ax]:
+                raise ctx.unsupported(node, f"has axis {ax} of length {ys[ax]}, where its "
+                                      f"scales and sizes give {out[ax]}")
+    return [(ax, n_dims[ax], out[ax], scale[ax], (full_roi[ax], full_roi[rank + ax]))
+            for ax in range(rank)]
+
+
+def _transposed_resize(ctx: RuleContext, node, g: str, plan, mode: str, coordinates: str,
+                       nearest_mode: str, cubic_a: float, exclude: bool) -> str:
+    b = ctx.b
+    rank = len(plan)
+    for ax, n, m, scale, roi in plan:
+        if n == m and scale == 1.0 and coordinates != "tf_crop_and_resize":
+            continue   # the identity (every mode maps i to i at scale 1)
+        if not isinstance(n, int) or not isinstance(m, int):
+            raise ctx.unsupported(node, f"resizes axis {ax}, whose length is unknown")
+        matrix = interpolation_matrix(n, m, scale, mode, coordinates, nearest_mode, cubic_a,
+                                      exclude, roi)
+        if np.array_equal(matrix, np.eye(n)):
+            continue
+        if ax == rank - 1:
+            g = b.op("MatMul", g, b.const(matrix.astype(F32)))                 # [..., m]·[m, n]
+        elif ax == rank - 2:
+            g = b.op("MatMul", b.const(matrix.T.astype(F32)), g)               # [n, m]·[..., m, W]
+        else:
+            perm = [d for d in range(rank) if d != ax] + [ax]
+            back = list(np.argsort(perm))
+            moved = b.op("MatMul", b.op("Transpose", g, perm=perm), b.const(matrix.astype(F32)))
+            g = b.op("Transpose", moved, perm=[int(p) for p in back])
+    return g
+
+
+@GRADIENT.rule("Resize")
+def resize(ctx, node, grads):
+    """dx = g ×_k M_kᵀ over the resized axes (the module docstring)."""
+    a = attrs_of(node)
+    if a.get("antialias", 0):
+        raise ctx.unsupported(node, "uses antialias=1")
+    opset_forms = ctx.index.opset >= 11
+    mode = _text(a.get("mode"), "nearest")
+    if opset_forms:
+        coordinates = _text(a.get("coordinate_transformation_mode"), "half_pixel")
+        nearest_mode = _text(a.get("nearest_mode"), "round_prefer_floor")
+    else:
+        coordinates, nearest_mode = "asymmetric", "simple"
+    plan = _axis_plan(ctx, node, opset_forms)
+    dx = _transposed_resize(ctx, node, grads[0], plan, mode, coordinates, nearest_mode,
+                            float(a.get("cubic_coeff_a", -0.75)), bool(a.get("exclude_outside", 0)))
+    return [dx] + [None] * (len(node.input) - 1)
+
+
+@GRADIENT.rule("Upsample")
+def upsample(ctx, node, grads):
+    """Upsample-7/9 (asymmetric coordinates; nearest rounds down, up when shrinking): as
+    Resize-10."""
+    a = attrs_of(node)
+    mode = _text(a.get("mode"), "nearest")
+    if mode == "bilinear":
+        mode = "linear"
+    plan = _axis_plan(ctx, node, opset_forms=False)
+    dx = _transposed_resize(ctx, node, grads[0], plan, mode, "asymmetric", "simple", -0.75, False)
+    return [dx] + [None] * (len(node.input) - 1)
