@@ -23,6 +23,7 @@ from onnx import helper, numpy_helper
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
                onnx.TensorProto.BFLOAT16}
+NARROW_FLOATS = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 
 Dim = int | str | None
 
@@ -120,7 +121,13 @@ def _freeze(value):
 
 
 class GraphBuilder:
-    """Emits nodes and constants with fresh names; identical nodes are emitted once (CSE)."""
+    """Emits nodes and constants with fresh names; identical nodes are emitted once (CSE).
+
+    Over a model with float16 (or bfloat16) tensors the builder widens: the forward keeps its
+    narrow type, everything the builder emits runs in float32. A narrow forward tensor or
+    initializer read by an emitted node is cast to float32 once (one Cast node per tensor,
+    shared); narrow constants are made float32; a Cast to a narrow type (a rule undoing a
+    forward Cast) casts to float32 instead. Seeds, signals and maps are then float32."""
 
     def __init__(self, index: GraphIndex, prefix: str = "osal", fused: bool = False):
         self.index = index
@@ -136,6 +143,7 @@ class GraphBuilder:
         self._cse: dict[tuple, list[str]] = {}
         self._consts: dict[tuple, str] = {}
         self.forward_edits: dict[str, dict[int, str]] = {}  # forward node -> {output slot: name}
+        self.widen = any(t in NARROW_FLOATS for t in index.types.values())
 
     def fresh(self, hint: str) -> str:
         while True:
@@ -153,6 +161,21 @@ class GraphBuilder:
     def op_multi(self, op_type: str, *inputs: str, outputs: int = 1, domain: str = "",
                  **attrs) -> list[str]:
         attrs = {k: v for k, v in attrs.items() if v is not None}
+        if self.widen:
+            inputs = tuple(self.float32(i) for i in inputs)
+            if op_type == "Cast" and attrs.get("to") in NARROW_FLOATS:
+                attrs["to"] = onnx.TensorProto.FLOAT
+        return self._emit(op_type, tuple(inputs), outputs, domain, attrs)
+
+    def float32(self, name: str) -> str:
+        """`name` itself, or, for a float16/bfloat16 forward tensor, its float32 cast (one Cast
+        node per tensor)."""
+        if not name or self.index.types.get(name) not in NARROW_FLOATS:
+            return name
+        return self._emit("Cast", (name,), 1, "", {"to": onnx.TensorProto.FLOAT})[0]
+
+    def _emit(self, op_type: str, inputs: tuple, outputs: int, domain: str, attrs: dict
+              ) -> list[str]:
         key = (op_type, domain, tuple(inputs), outputs,
                tuple(sorted((k, _freeze(v)) for k, v in attrs.items())))
         if key in self._cse:
@@ -169,6 +192,8 @@ class GraphBuilder:
     def const(self, value, dtype=np.float32) -> str:
         """A constant initializer; equal constants share one name."""
         arr = np.asarray(value, dtype=dtype)
+        if self.widen and arr.dtype == np.float16:
+            arr = arr.astype(np.float32)
         key = (arr.dtype.str, arr.shape, arr.tobytes())
         if key not in self._consts:
             name = self.fresh("const")

@@ -2,7 +2,12 @@
 
 Only nodes between the requested tensors (`wrt`) and the seeds are visited; a tensor that fans
 out gets the sum of its consumers' contributions; a branch that carries no gradient stays
-absent (never a tensor of zeros).
+absent (never a tensor of zeros). The signal runs through float tensors, and through the
+integer tensors of quantized models out of nodes whose rules carry it there (table.py,
+`integers=True`). Never a silent zero: an integer tensor between `wrt` and the seeds that no
+rule carries a signal through (a Cast to int32, an unknown quantized op) fails the walk with
+one sentence naming its node; shapes, indices and booleans (Shape, ArgMax, MaxPool's indices,
+comparisons) are the only integer tensors on the way that legitimately carry none.
 
 A method names the walk it needs (`Method.walk`): a `TableWalk` (one rule table and its typed
 options) or a composite of walks (c-EBP, methods/ebp.py). Every walk starts from seeds,
@@ -24,7 +29,8 @@ from ..canonical import node_reads
 from ..errors import UnsupportedOpError
 from ..graph import GraphBuilder, GraphIndex, opset_version
 from .context import RuleContext
-from .table import RuleTable
+from .rules.indexing import NO_GRADIENT
+from .table import GRADIENT, RuleTable
 
 Seeds = Mapping[str, str]   # forward tensor -> its cotangent ∂s/∂tensor (s: the explained score)
 
@@ -74,17 +80,34 @@ class TableWalk:
         """The table's inert_warning when it changes only some nodes (acts_on) and none lies
         between `wrt` and the seeds."""
         acts_on = self.table.acts_on
-        if acts_on is None or any(acts_on(n, index) for n in path_nodes(index, wrt, seeds)):
+        if acts_on is None or any(acts_on(n, index)
+                                   for n in path_nodes(index, wrt, seeds, self.table)):
             return None
         return self.table.inert_warning
 
 
-def _downstream(index: GraphIndex, sources: Iterable[str]) -> set[str]:
-    """Float tensors that depend on any of `sources` (the sources included)."""
+_INDEX_SLOTS = {"MaxPool": 1, "TopK": 1}   # the indices output of these
+
+
+def _is_index(node: onnx.NodeProto, slot: int) -> bool:
+    """Whether output `slot` of `node` is a shape, size or index (no signal by nature): the
+    outputs of the ops registered as carrying no gradient (rules/indexing.py), and indices."""
+    return node.op_type in NO_GRADIENT or _INDEX_SLOTS.get(node.op_type) == slot
+
+
+def _downstream(index: GraphIndex, sources: Iterable[str], table: RuleTable | None = None
+                ) -> set[str]:
+    """Tensors that carry a signal and depend on any of `sources` (the sources included): float
+    tensors, and the integer outputs of nodes whose `table` rules carry a signal through
+    integers; outputs the table treats as constants are left out."""
+    table = table or GRADIENT
     reach = set(sources)
     for node in index.nodes:
         if any(i in reach for i in node.input if i):
-            reach.update(o for o in node.output if o and index.is_float(o))
+            carries = table.carries_integers(node)
+            constant = table.constant_outputs(node)
+            reach.update(o for k, o in enumerate(node.output) if o and k not in constant
+                         and (index.is_float(o) or carries))
     return reach
 
 
@@ -97,10 +120,10 @@ def _upstream(index: GraphIndex, sinks: Iterable[str]) -> set[str]:
     return reach
 
 
-def path_nodes(index: GraphIndex, sources: Iterable[str], sinks: Iterable[str]
-               ) -> list[onnx.NodeProto]:
+def path_nodes(index: GraphIndex, sources: Iterable[str], sinks: Iterable[str],
+               table: RuleTable | None = None) -> list[onnx.NodeProto]:
     """The forward nodes through which a signal from `sinks` back to `sources` passes."""
-    between = _downstream(index, sources) & _upstream(index, sinks)
+    between = _downstream(index, sources, table) & _upstream(index, sinks)
     return [n for n in index.nodes if any(o in between for o in n.output if o)
             and any(i in between for i in n.input if i)]
 
@@ -109,10 +132,11 @@ def backward(builder: GraphBuilder, index: GraphIndex, table: RuleTable, seeds: 
              wrt: Iterable[str], options: Any = None) -> Signals:
     """Emit the backward pass; return the signal at each `wrt` tensor (None if none reaches it)."""
     wrt = list(dict.fromkeys(wrt))
-    after, before = _downstream(index, wrt), _upstream(index, seeds)
-    opaque = _opaque_on_path(index, after, before)
+    after, before = _downstream(index, wrt, table), _upstream(index, seeds)
+    opaque = _opaque_on_path(index, table, after, before)
     if opaque is not None:
         raise _no_rule(opaque, index)
+    _refuse_dropped_integers(index, table, after, before)
     needs = after & before
     ctx = table.context(builder, index, needs, frozenset(wrt), options)
     parts: dict[str, list[str]] = defaultdict(list)
@@ -126,7 +150,9 @@ def backward(builder: GraphBuilder, index: GraphIndex, table: RuleTable, seeds: 
         grads = [ctx.sum(parts[o]) if parts.get(o) else None for o in node.output]
         if all(g is None for g in grads):
             continue
-        rule = table.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        integers = any(t in needs and not index.is_float(t)
+                       for t in [*node.input, *node.output] if t)
+        rule = table.get(node.op_type, node.domain, integers)
         if rule is None:
             raise _no_rule(node, index)
         for inp, grad in zip(node.input, rule(ctx, node, grads)):
@@ -135,18 +161,43 @@ def backward(builder: GraphBuilder, index: GraphIndex, table: RuleTable, seeds: 
     return Signals({t: ctx.sum(parts[t]) if parts.get(t) else None for t in wrt}, ctx)
 
 
-def _opaque_on_path(index: GraphIndex, after: set[str], before: set[str]
+def _opaque_on_path(index: GraphIndex, table: RuleTable, after: set[str], before: set[str]
                     ) -> onnx.NodeProto | None:
     """A node the walk cannot see through although the signal passes it: one of a foreign
-    domain (its outputs carry no type) or with subgraphs (what they read is no input) that
-    reads a tensor in `after` and writes one in `before`. The package's own fused ops stay
-    constants to the walk."""
+    domain that `table` has no rule for (its outputs may carry no type) or with subgraphs (what
+    they read is no input) that reads a tensor in `after` and writes one in `before`. The
+    package's own fused ops stay constants to the walk."""
     for node in index.nodes:
-        foreign = node.domain not in ("", "ai.onnx", fused.DOMAIN)
+        foreign = (node.domain not in ("", "ai.onnx", fused.DOMAIN)
+                   and table.get(node.op_type, node.domain) is None
+                   and not table.carries_integers(node))
         nested = any(a.HasField("g") or a.graphs for a in node.attribute)
         if (foreign or nested) and node_reads(node) & after and before.intersection(node.output):
             return node
     return None
+
+
+def _refuse_dropped_integers(index: GraphIndex, table: RuleTable, after: set[str],
+                             before: set[str]) -> None:
+    """Never a silent zero: refuse a node that reads a tensor carrying the signal and writes a
+    non-float tensor the seeds depend on, where no rule carries the signal through it (a Cast
+    to an integer type, a quantized op without a rule). Shapes, indices (`_is_index`) and
+    booleans carry none by nature and pass."""
+    for node in index.nodes:
+        if table.carries_integers(node) or not any(i in after for i in node.input if i):
+            continue
+        for slot, out in enumerate(node.output):
+            if (out and out in before and not index.is_float(out) and not _is_index(node, slot)
+                    and index.types.get(out) != onnx.TensorProto.BOOL):
+                domain = node.domain or "ai.onnx"
+                opset = opset_version(index.model, node.domain) or "not imported"
+                kind = index.types.get(out)
+                kind = onnx.TensorProto.DataType.Name(kind).lower() if kind else "untyped"
+                raise UnsupportedOpError(
+                    f"Node '{node.name}' (op {node.op_type}, domain {domain}, opset {opset}) "
+                    f"turns the signal into the {kind} tensor '{out}', which no backward rule "
+                    "differentiates; the map would silently be zero. Explain the model before "
+                    "that conversion, or open an issue asking for a rule.")
 
 
 def _no_rule(node: onnx.NodeProto, index: GraphIndex) -> UnsupportedOpError:

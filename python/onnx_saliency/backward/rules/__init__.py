@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from ..table import GRADIENT
 from . import activations, conv, elementwise, linear, normalization, pooling, shape_ops
+from . import einsum, reductions, resize  # noqa: F401  (registers their rules)
+from . import indexing  # noqa: F401  (registers its rules)
+from . import quantized  # noqa: F401  (registers its rules)
 from .activations import DECONVNET, GUIDED_BACKPROP
 
 __all__ = ["GRADIENT", "GUIDED_BACKPROP", "DECONVNET", "activations", "conv", "elementwise",
