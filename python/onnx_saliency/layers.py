@@ -8,15 +8,27 @@ A module path names the output of the last node (in graph order) inside that mod
 
 Also the layers a method taps when none is named: the general choice (`default_layer`), the
 families where the papers fix layers (`architecture`) and their stage sets (`stage_layers`).
+
+Layer views (METHODS.md §8, token layers): a layer method's head reads an [N, C, h, w] tensor.
+A vision transformer's token tensor [N, E + h·w, C] (E extra tokens first: class, distillation,
+registers) and a channels-last stage output [N, h, w, C] (torchvision's Swin) are read through a
+`LayerView` that drops the extra tokens and transposes/reshapes to [N, C, h, w] with standard ONNX
+ops. The grid h × w is read from the graph (`Layouts`): the Reshape that flattens the patch
+embedding's [N, C, h, w] into [N, C, h·w], or a Reshape between tokens [N, h·w, C] and
+[N, h, w, C] (Swin's windows and patch merging).
 """
 
 from __future__ import annotations
 
 import ast
 import difflib
+from dataclasses import dataclass
 
-from .errors import LayerNotFoundError
-from .graph import GraphIndex
+import numpy as np
+import onnx
+
+from .errors import LayerNotFoundError, ModelLoadError
+from .graph import GraphBuilder, GraphIndex, attrs_of
 
 _POOLS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"}
 
@@ -79,22 +91,107 @@ def _global_pool(index: GraphIndex, node) -> bool:
         and len(index.shapes.get(node.input[0]) or ()) == 4
 
 
-def default_layer(index: GraphIndex, input_name: str) -> str:
-    """The last 4-D spatial tensor (not 1×1, not made by a pooling op) before the last global
-    pooling (the classifier's; squeeze-excitation pools come earlier): the usual Grad-CAM
-    layer."""
+def default_layer(index: GraphIndex, input_name: str, names: LayerNames | None = None) -> str:
+    """The last spatial layer (a 4-D tensor not 1×1 and not made by a pooling op, or a token
+    layer on its patch grid) before the last global pooling (the classifier's; squeeze-excitation
+    pools come earlier): the usual Grad-CAM layer. Where that layer is the final LayerNorm's
+    output (or a reshape of it), its input instead: a Swin's last stage, a mean-pooled ViT's
+    last block output. A ViT that reads out its class token only (`_class_token_readout`) has
+    no gradient at the last block's patch tokens: there, the last block's attention input (its
+    first LayerNorm's output, pytorch-grad-cam's `blocks[-1].norm1`)."""
+    names = names if names is not None else LayerNames(index, input_name)
     pools = [i for i, node in enumerate(index.nodes) if _global_pool(index, node)]
     best = input_name
     for node in index.nodes[:pools[-1] if pools else None]:
         if node.op_type in _POOLS:
             continue
         for out in node.output:
+            if not out or not index.is_float(out):
+                continue
             shape = index.shapes.get(out)
-            if out and index.is_float(out) and shape is not None and len(shape) == 4:
-                h, w = shape[2], shape[3]
+            if shape is not None and len(shape) == 4:
+                view = names.view(out)
+                h, w = view.grid if view is not None and view.grid else (shape[2], shape[3])
                 if not (h == 1 and w == 1):
                     best = out
+            elif shape is not None and len(shape) == 3 and names.view(out) is not None:
+                best = out
+    best = _before_final_norm(index, names, best)
+    if _class_token_readout(index, names, best):
+        return _last_attention_input(index, names, best) or best
     return best
+
+
+def _class_token_readout(index: GraphIndex, names: LayerNames, tensor: str) -> bool:
+    """Whether the token layer `tensor` is read (through LayerNorms) only by Gathers or Slices of
+    its extra tokens: the patch tokens then reach the output through no later op."""
+    view = names.view(tensor)
+    if view is None or view.layout != "tokens" or not view.extra:
+        return False
+    frontier, readers = [tensor], []
+    while frontier:
+        for node in index.consumers.get(frontier.pop(), []):
+            if node.op_type in ("LayerNormalization", "Identity"):
+                frontier.append(node.output[0])
+            else:
+                readers.append(node)
+    return bool(readers) and all(_reads_extra_only(index, node, view.extra) for node in readers)
+
+
+def _reads_extra_only(index: GraphIndex, node, extra: int) -> bool:
+    """A Gather or Slice along the token axis 1 that keeps only tokens below `extra`."""
+    if node.op_type == "Gather" and attrs_of(node).get("axis", 0) in (1, -2):
+        picked = index.const(node.input[1])
+        return picked is not None and bool(((picked >= 0) & (picked < extra)).all())
+    if node.op_type == "Slice" and len(node.input) >= 4:
+        starts, ends, axes = (index.const(node.input[i]) for i in (1, 2, 3))
+        return (starts is not None and ends is not None and axes is not None
+                and [int(a) for a in axes] in ([1], [-2]) and 0 <= int(starts[0])
+                and int(ends[0]) <= extra)
+    return False
+
+
+def _last_attention_input(index: GraphIndex, names: LayerNames, before: str) -> str | None:
+    """The output of the last LayerNormalization before `before` that is a token layer feeding a
+    Softmax (attention) before any other LayerNormalization: the last block's attention input."""
+    stop = index.nodes.index(index.producer[before]) if before in index.producer else 0
+    for node in reversed(index.nodes[:stop]):
+        out = node.output[0] if node.output else ""
+        if node.op_type != "LayerNormalization" or (names.view(out) or NCHW).layout != "tokens":
+            continue
+        frontier, seen = [out], set()
+        while frontier and len(seen) < 64:
+            for user in index.consumers.get(frontier.pop(), []):
+                if user.op_type == "Softmax":
+                    return out
+                if user.op_type != "LayerNormalization" and user.name not in seen:
+                    seen.add(user.name)
+                    frontier.extend(o for o in user.output if o)
+    return None
+
+
+_SAME_TOKENS = {"Reshape", "Transpose", "Flatten", "Identity", "Slice"}
+
+
+def _before_final_norm(index: GraphIndex, names: LayerNames, tensor: str) -> str:
+    """`tensor`, or the layer it is made from by layout ops (Reshape, Transpose, a Slice of the
+    extra tokens) and at most one LayerNormalization, where that walk passes the norm or starts
+    at a token or channels-last layer: the encoder's output, not the final norm's or the
+    pooler's patch tokens."""
+    t, passed = tensor, False
+    while True:
+        node = index.producer.get(t)
+        if node is None or not node.input or names.view(node.input[0]) is None:
+            break
+        if node.op_type == "LayerNormalization":
+            if passed:
+                break
+            passed = True
+        elif node.op_type not in _SAME_TOKENS:
+            break
+        t = node.input[0]
+    start = names.view(tensor)
+    return t if passed or (start is not None and start.layout != "NCHW") else tensor
 
 
 def architecture(names: LayerNames) -> str | None:
@@ -128,8 +225,206 @@ def stage_layers(names: LayerNames) -> list[str]:
         "each MaxPool); name this model's layers instead (onnx_saliency.list_layers lists them).")
 
 
+MAX_EXTRA_TOKENS = 16
+# ops that keep a channels-last tensor channels-last (they act per position or on H, W, C alike)
+_LAYOUT_CHANGING = {"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Conv",
+                    "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
+                    "LpPool", "Resize", "Upsample", "Gather", "GatherElements", "Einsum",
+                    "DepthToSpace", "SpaceToDepth", "ReduceMean", "ReduceSum", "ReduceMax",
+                    "ReduceMin", "ReduceL2", "ReduceL1", "ReduceProd", "ReduceSumSquare",
+                    "ReduceLogSumExp", "ArgMax", "ArgMin", "Tile", "Expand", "GridSample",
+                    "BatchNormalization", "InstanceNormalization", "GroupNormalization"}
+
+
+# ops whose 4-D output is an [N, C, H, W] map
+_MAKES_SPATIAL = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "Resize",
+                  "Upsample", "BatchNormalization", "InstanceNormalization", "GroupNormalization",
+                  "DepthToSpace", "SpaceToDepth"}
+
+
+@dataclass(frozen=True)
+class LayerView:
+    """How a layer is read as [N, C, h, w]: "NCHW" as it is; "tokens": [N, extra + h·w, C],
+    the first `extra` tokens dropped, the rest on the h × w grid (row-major); "NHWC":
+    [N, h, w, C] transposed."""
+
+    layout: str = "NCHW"
+    grid: tuple[int, int] | None = None
+    extra: int = 0
+    channels: int | None = None
+
+    def describe(self) -> str:
+        """"tokens 14x14 +1", "NHWC 7x7", or "" for an NCHW layer."""
+        if self.layout == "NCHW":
+            return ""
+        h, w = self.grid
+        return f"{self.layout} {h}x{w}" + (f" +{self.extra}" if self.extra else "")
+
+    def apply(self, b: GraphBuilder, t: str) -> str:
+        """t read as [N, C, h, w]: Slice off the extra tokens, Transpose, Reshape."""
+        if self.layout == "NHWC":
+            return b.op("Transpose", t, perm=[0, 3, 1, 2])
+        if self.layout != "tokens":
+            return t
+        if self.extra:
+            t = b.op("Slice", t, b.ints([self.extra]), b.ints([2**62]), b.ints([1]))
+        t = b.op("Transpose", t, perm=[0, 2, 1])
+        return b.op("Reshape", t, b.ints([0, self.channels, *self.grid]))
+
+
+NCHW = LayerView()
+
+
+def _batch_one_shapes(index: GraphIndex, input_name: str) -> tuple[dict, int | str | None]:
+    """Static shapes of every tensor with the image batch fixed to 1, and the batch dim those
+    shapes carry. ONNX shape inference leaves a token count unknown where it comes from shape
+    arithmetic (a flatten's −1, a class token expanded to the batch): on a weightless copy, each
+    Shape of a statically shaped tensor becomes a constant and the shape arithmetic is folded
+    (canonical.fold_constants), until no Shape is left to resolve. A model already fixed to a
+    batch B keeps its shapes (batch B)."""
+    from types import SimpleNamespace
+
+    from onnx import numpy_helper
+
+    from .canonical import fold_constants, infer_shapes, skeleton
+    shape = index.shapes.get(input_name)
+    batch = shape[0] if shape else None
+    if isinstance(batch, int):
+        return index.shapes, batch
+    probe = skeleton(index.model)
+    del probe.graph.value_info[:]
+    inp = next((i for i in probe.graph.input if i.name == input_name), None)
+    if inp is None or not inp.type.tensor_type.shape.dim:
+        return index.shapes, batch
+    inp.type.tensor_type.shape.dim[0].Clear()
+    inp.type.tensor_type.shape.dim[0].dim_value = 1
+    try:
+        probe = infer_shapes(probe)
+        for _ in range(64):   # a round per chain of shape arithmetic (Swin: per block)
+            shapes = _read_shapes(probe)
+            resolved = []
+            for node in probe.graph.node:
+                dims = shapes.get(node.input[0]) if node.op_type == "Shape" else None
+                if dims is not None and all(isinstance(d, int) for d in dims):
+                    a = attrs_of(node)
+                    value = np.array(dims[a.get("start", 0):a.get("end", len(dims))], np.int64)
+                    probe.graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
+                    resolved.append(node)
+            if not resolved:
+                break
+            for node in resolved:
+                probe.graph.node.remove(node)
+            del probe.graph.value_info[:]   # stale partial shapes would stay partial
+            state = SimpleNamespace(model=probe)
+            fold_constants(state)
+            probe = state.model
+    except ModelLoadError:
+        return index.shapes, batch
+    found = _read_shapes(probe)
+    shapes = dict(index.shapes)
+    shapes.update({k: v for k, v in found.items() if k in index.shapes or k in index.producer})
+    shapes[input_name] = (1, *shape[1:])
+    return shapes, 1
+
+
+def _read_shapes(model: onnx.ModelProto) -> dict:
+    out = {}
+    for vi in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
+        tt = vi.type.tensor_type
+        if vi.type.HasField("tensor_type") and tt.HasField("shape"):
+            out[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None
+                                 for d in tt.shape.dim)
+    return out
+
+
+class Layouts:
+    """Which tensors are token layers or channels-last, and their patch grids, read from the
+    graph in one pass (module docstring)."""
+
+    def __init__(self, index: GraphIndex, input_name: str):
+        self.index = index
+        self.shapes, self.batch = _batch_one_shapes(index, input_name)
+        self.grids: dict[int, tuple[int, int]] = {}   # patch count h·w -> (h, w)
+        self.spatial: set[str] = {input_name}          # [N, C, H, W] image-like maps
+        self.nhwc: set[str] = set()                    # [N, H, W, C] maps
+        self.channels_first: set[str] = set()          # [N, C, h·w]: flattened maps
+        for node in index.nodes:
+            self._visit(node)
+
+    def _static(self, name: str) -> tuple[int, ...] | None:
+        shape = self.shapes.get(name)
+        if not shape or not all(isinstance(d, int) and d > 0 for d in shape):
+            return None
+        return shape if shape[0] == self.batch else None
+
+    def _grid(self, h: int, w: int) -> None:
+        if h > 1 and w > 1:
+            self.grids.setdefault(h * w, (h, w))
+
+    def _visit(self, node: onnx.NodeProto) -> None:
+        if not node.input or not node.output or not self.index.is_float(node.output[0]):
+            return
+        x, y = node.input[0], node.output[0]
+        xs, ys = self._static(x), self._static(y)
+        rank = len(self.shapes.get(y) or ())
+        if node.op_type in _MAKES_SPATIAL:
+            if rank == 4:
+                self.spatial.add(y)
+            return
+        if node.op_type in ("Reshape", "Flatten") and xs and ys:
+            if len(xs) == 4 and len(ys) == 3:
+                if x in self.spatial and ys[1] == xs[1] and ys[2] == xs[2] * xs[3]:
+                    self._grid(xs[2], xs[3])                 # [N,C,h,w] -> [N,C,h·w]
+                    self.channels_first.add(y)
+                elif ys[2] == xs[3] and ys[1] == xs[1] * xs[2]:
+                    self._grid(xs[1], xs[2])                 # [N,h,w,C] -> [N,h·w,C]
+            elif len(xs) == 3 and len(ys) == 4:
+                if x in self.channels_first and xs[1] == ys[1] and xs[2] == ys[2] * ys[3]:
+                    self._grid(ys[2], ys[3])                 # [N,C,h·w] -> [N,C,h,w]
+                    self.spatial.add(y)
+                elif xs[2] == ys[3] and xs[1] == ys[1] * ys[2] and ys[1] > 1 and ys[2] > 1:
+                    self._grid(ys[1], ys[2])                 # [N,h·w,C] -> [N,h,w,C]
+                    self.nhwc.add(y)
+            return
+        if node.op_type == "Transpose":
+            perm = list(attrs_of(node).get("perm", []))
+            if perm == [0, 2, 3, 1] and x in self.spatial:
+                self.nhwc.add(y)
+            elif perm == [0, 3, 1, 2] and x in self.nhwc:
+                self.spatial.add(y)
+            elif perm == [0, 2, 1] and x not in self.channels_first:
+                self.channels_first.add(y)                   # tokens -> [N, C, T]
+            return
+        if node.op_type in _LAYOUT_CHANGING:
+            return
+        for marked in (self.spatial, self.nhwc, self.channels_first):
+            if any(i in marked and len(self.shapes.get(i) or ()) == rank for i in node.input):
+                marked.add(y)
+
+    def view(self, tensor: str) -> LayerView | None:
+        """How `tensor` is read as [N, C, h, w], or None where it cannot be."""
+        shape = self.shapes.get(tensor) or self.index.shapes.get(tensor)
+        if shape is None or len(shape) not in (3, 4):
+            return None
+        static = self._static(tensor)
+        if len(shape) == 4:
+            if tensor in self.nhwc and static:
+                return LayerView("NHWC", (static[1], static[2]), 0, static[3])
+            return NCHW
+        if not static or tensor in self.channels_first:
+            return None
+        tokens = static[1]
+        fits = [(tokens - p, p) for p in self.grids if 0 <= tokens - p <= MAX_EXTRA_TOKENS
+                and tokens - p < p]
+        if not fits:
+            return None
+        extra, patches = min(fits)
+        return LayerView("tokens", self.grids[patches], extra, static[2])
+
+
 class LayerNames:
-    """Resolves user-facing layer names to tensors, and back."""
+    """Resolves user-facing layer names to tensors, and back; `view` reads a layer as
+    [N, C, h, w]."""
 
     def __init__(self, index: GraphIndex, input_name: str):
         self.index = index
@@ -139,6 +434,7 @@ class LayerNames:
                                        if o and index.is_float(o)]
         self._tensor_set = set(self.tensors)
         self._friendly = {}
+        self._layouts: Layouts | None = None
         for path, tensor in self.paths.items():
             self._friendly.setdefault(tensor, path)
 
@@ -161,3 +457,26 @@ class LayerNames:
 
     def friendly(self, tensor: str) -> str:
         return self._friendly.get(tensor, tensor)
+
+    @property
+    def layouts(self) -> Layouts:
+        if self._layouts is None:
+            self._layouts = Layouts(self.index, self.input_name)
+        return self._layouts
+
+    def view(self, tensor: str) -> LayerView | None:
+        """How the layer `tensor` is read as [N, C, h, w] (LayerView), None where it cannot be."""
+        return self.layouts.view(tensor)
+
+    def checked_view(self, tensor: str, label: str) -> LayerView:
+        """`view`, or LayerNotFoundError saying why the layer cannot give a map."""
+        view = self.view(tensor)
+        if view is not None:
+            return view
+        shape = self.layouts.shapes.get(tensor) or self.index.shapes.get(tensor)
+        dims = "[" + ",".join("N" if i == 0 else str(d) for i, d in enumerate(shape)) + "]" \
+            if shape else "of unknown shape"
+        raise LayerNotFoundError(
+            f"Layer '{label}' is a tensor {dims}, neither [N,C,H,W], [N,H,W,C] nor [N,T,C] tokens "
+            "on a patch grid found in the graph; saliency maps need one of those "
+            "(onnx_saliency.list_layers(model) lists the layers).")
