@@ -249,17 +249,19 @@ def test_bad_output_paths_are_one_line_errors(model, tmp_path, capsys, case):
 def test_export_writes_atomically(model, tmp_path, monkeypatch, capsys):
     out = tmp_path / "explainer.onnx"
     out.write_bytes(b"an earlier export")
-    real_save = onnx.save
+    real_save, real_save_model = onnx.save, onnx.save_model
 
     def full_disk(proto, path, *args, **kwargs):
         Path(path).write_bytes(proto.SerializeToString()[:100])
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(onnx, "save", full_disk)
+    monkeypatch.setattr(onnx, "save_model", full_disk)
     assert cli.main(["export", str(model), "-o", str(out)]) == 1
     assert len(capsys.readouterr().err.splitlines()) == 1
     assert os.listdir(tmp_path) == ["explainer.onnx"] and out.read_bytes() == b"an earlier export"
     monkeypatch.setattr(onnx, "save", real_save)
+    monkeypatch.setattr(onnx, "save_model", real_save_model)
     assert cli.main(["export", str(model), "-o", str(out)]) == 0
     onnx.checker.check_model(onnx.load(out))
     assert os.listdir(tmp_path) == ["explainer.onnx"]

@@ -32,12 +32,11 @@ def ratio_table(model, methods: Sequence[str], batches: Sequence[int] = (1, 8), 
                 threads: int | None = None, size: Sequence[int] | None = None) -> list[dict]:
     """One row per (method, batch): explain time / ORT forward time, fused when available."""
     from .explainer import Explainer
-    from .runtime import make_session
 
     rows = []
     for method in methods:
         ex = Explainer(model, methods=[method], threads=threads)
-        forward = make_session(ex.canonical.model, threads=threads)
+        forward = ex.forward_session()
         shape = [d if isinstance(d, int) else None for d in ex.input_shape[1:]]
         if size:
             shape[-2:] = list(size)
@@ -46,7 +45,7 @@ def ratio_table(model, methods: Sequence[str], batches: Sequence[int] = (1, 8), 
             x = np.random.default_rng(0).standard_normal([batch] + shape).astype(np.float32)
             ratio, t_fwd = paired_ratio(
                 lambda: ex.explain(x, None),
-                lambda: forward.run(None, {ex.canonical.input_name: x}), repeat)
+                lambda: forward.run(None, {ex.input_name: x}), repeat)
             rows.append({"method": method, "batch": batch, "ratio": ratio,
                          "forward_ms": 1e3 * t_fwd})
     return rows

@@ -263,10 +263,13 @@ def _layers(model, output: str | None = None) -> None:
     canon = canonicalize(model, output=output)    # once: default_layers takes it as it is
     index = GraphIndex(canon.model)
     names = LayerNames(index, canon.input_name)
-    for name in names.names():
-        shape = index.shapes.get(names.resolve(name))
+    for name in names.names():   # token and channels-last layers with their grid
+        tensor = names.resolve(name)
+        shape = names.layouts.shapes.get(tensor) or index.shapes.get(tensor)
         dims = "×".join("N" if i == 0 else str(d) for i, d in enumerate(shape)) if shape else "?"
-        print(f"{name}\t{dims}")
+        view = names.view(tensor)
+        grid = view.describe() if view is not None else ""
+        print(f"{name}\t{dims}" + (f"\t{grid}" if grid else ""))
     print("\ndefault layers: " + ", ".join(
         f"{method} -> {layer}" for method, layer in default_layers(canon).items()))
     try:
@@ -285,9 +288,17 @@ def _export(args) -> None:
     ex = _layer_errors(lambda: Explainer(args.model, methods=args.method or ["gradient"],
                                          layers=args.layer, fused=True if args.fused else None,
                                          **options), args.model)
-    with atomic(out) as part:
-        ex.save(part, portable=not args.fused)
-    print(f"wrote {out}: maps {', '.join(ex.map_names)}")
+    data = out.with_name(out.stem + ".data")   # external data, for models over 2 GB
+    existed = data.exists()
+    try:
+        with atomic(out) as part:
+            ex.save(part, portable=not args.fused, data_name=data.name)
+    except BaseException:
+        if data.exists() and not existed:
+            data.unlink()
+        raise
+    print(f"wrote {out}{' and ' + str(data) if data.exists() and not existed else ''}: "
+          f"maps {', '.join(ex.map_names)}")
 
 
 def _explain_command(args) -> None:

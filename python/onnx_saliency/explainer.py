@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -26,12 +26,13 @@ from .canonical import (BATCH, CanonicalModel, ModelSource, canonicalize, remove
 from . import fused as fused_ops
 from . import meta
 from .combine import combination
-from .errors import LayerNotFoundError, MethodError, ModelError, NumericError, SaliencyError
+from .errors import MethodError, ModelError, NumericError, SaliencyError
 from .graph import GraphBuilder, GraphIndex
 from .schedule import copy_fused_sum_operands, interleave_early
-from .layers import LayerNames, default_layer, stage_layers
+from .layers import NCHW, LayerNames, LayerView, default_layer, stage_layers
 from .methods.base import Method
-from .runtime import TargetLike, check_images, check_targets, make_session, run_session
+from .runtime import (TargetLike, Weights, check_images, check_targets, join_weights,
+                      make_session, run_session, save_model, split_weights)
 
 TARGET = "target"
 FINITE = "finite"   # bool [N] output: every map and logit of the image is finite
@@ -43,6 +44,7 @@ class MapRequest:
     key: str        # output name: "<method>" or "<method>@<layer>"
     method: Method
     tensor: str     # the tapped tensor
+    view: LayerView = NCHW   # how the head reads it as [N, C, h, w] (token layers, NHWC)
 
 
 def one_hot_seed(b: GraphBuilder, index: GraphIndex, logits: str) -> Seeds:
@@ -74,8 +76,17 @@ def one_hot_seed(b: GraphBuilder, index: GraphIndex, logits: str) -> Seeds:
     return {logits: b.op("Expand", over_space, b.shape_of(logits, logits, 1))}
 
 
+def _index(model: onnx.ModelProto, weights: Weights) -> GraphIndex:
+    """A GraphIndex over `model` that reads its placeholders' values from `weights` (kept apart
+    from the model: runtime.split_weights), without copying them."""
+    index = GraphIndex(model)
+    index._consts.update({n: w for n, w in weights.items() if n in index.initializers})
+    return index
+
+
 class _Assembly:
-    """Builds one explainer ModelProto from a canonical model."""
+    """Builds one explainer ModelProto from a canonical model (whose weights may be kept
+    apart: the explainer graph then names them by placeholders too)."""
 
     def __init__(self, canon: CanonicalModel, fused: bool = False, meta_lr: float | None = None):
         self.canon = canon
@@ -88,7 +99,7 @@ class _Assembly:
                     f"meta=True steps the weights once per image, but this model is fixed to "
                     f"batch {canon.fixed_batch}; export it with a dynamic batch or batch 1.")
             set_batch(self.model, canon.input_name, 1)
-        self.index = GraphIndex(self.model)
+        self.index = _index(self.model, canon.weights)
         self.b = GraphBuilder(self.index, fused=fused)
         if TARGET in self.index.producer or TARGET in self.index.graph_inputs:
             raise ModelError(f"The model already has a tensor named '{TARGET}'.")
@@ -107,7 +118,7 @@ class _Assembly:
         self.tensor = meta.stepped_copy(self.model, forward_nodes, updated)
         self.logits = self.tensor[self.logits]
         self.seeds = {self.read(t): s for t, s in self.seeds.items()}
-        self.index = GraphIndex(self.model)
+        self.index = _index(self.model, self.canon.weights)
         self.b = GraphBuilder(self.index, fused=fused)
 
     def _commit(self) -> None:
@@ -174,13 +185,6 @@ class _Assembly:
         return meta.per_image(model) if self.per_image else model
 
 
-def _check_4d(index: GraphIndex, tensor: str, label: str) -> None:
-    shape = index.shapes.get(tensor)
-    if shape is not None and len(shape) != 4:
-        raise LayerNotFoundError(
-            f"Layer '{label}' is a rank-{len(shape)} tensor; saliency maps need an [N,C,H,W] layer.")
-
-
 def backward_graph(model: ModelSource, wrt: Sequence[str] | str, rule: str | Method = "gradient",
                    output: str | None = None) -> onnx.ModelProto:
     """A model (image, target) -> raw backward signal at each tensor in `wrt` (outputs named
@@ -225,6 +229,10 @@ class Explainer:
     (learning rate `meta_lr`) towards each image's target, computed in the same graph (meta.py).
     `layout="NHWC"`: the model takes channels-last images; the explainer still takes and returns
     NCHW images and [N,H,W] maps (a Transpose is put in front of the model).
+    Float16 models run their forward in float16 and their backward in float32: maps are
+    float32, and a float16 image input takes float32 images (a Cast in the graph). Quantized
+    models (QDQ, QOperator, dynamic) keep their integer forward; their maps are the
+    straight-through gradients of the dequantized model (backward/rules/quantized.py).
     `output`: the name of the model output to explain; default the only output, or the logits
     where the outputs are the logits and their (Log)Softmax; other multi-output models must
     name one. The seed sits on the chosen output's pre-softmax logits.
@@ -241,7 +249,8 @@ class Explainer:
                  fused: bool | None = None, combine: str | None = None,
                  weights: str | Sequence[float] = "uniform", meta: bool = False,
                  meta_lr: float = 2.5e-3, layout: str = "NCHW", output: str | None = None):
-        self.canonical = canonicalize(model, layout, output)
+        # the weights once, apart from the graphs (not for meta: its Scan body holds them)
+        self._canon = canonicalize(model, layout, output, apart=not meta)
         if not np.isfinite(meta_lr) or meta_lr < 0:
             raise MethodError(f"meta_lr must be a non-negative number, not {meta_lr!r}.")
         self.meta, self.meta_lr = bool(meta), float(meta_lr)
@@ -252,8 +261,8 @@ class Explainer:
                                 "install (see the README); use fused=False.")
         self.fused = fused_ops.available() if fused is None else bool(fused)
         self._save_fused = fused is True   # save() keeps custom ops only when asked for here
-        index = GraphIndex(self.canonical.model)
-        self.layer_names = LayerNames(index, self.canonical.input_name)
+        index = _index(self._canon.model, self._canon.weights)
+        self.layer_names = LayerNames(index, self._canon.input_name)
         self._index = index
         methods = [methods] if isinstance(methods, (str, Method)) else list(methods)
         if not methods:
@@ -268,13 +277,13 @@ class Explainer:
                               "the model's constant weights, and meta-saliency steps them.")
         self.requests = self._requests(resolved, layers)
         self.combination = combination(combine, weights, self.requests)
-        self.model = self._build(self.fused)
+        self._graph, self._weights = self._build(self.fused)   # the graph and its weights
         self._session = None
 
     # -- building ---------------------------------------------------------------------------
     def _requests(self, methods: list[Method], layers: list[str] | None) -> list[MapRequest]:
         requests: list[MapRequest] = []
-        inp = self.canonical.input_name
+        inp = self._canon.input_name
         for method in methods:
             if not method.layer_method:
                 requests.append(MapRequest(method.name, method, inp))
@@ -287,12 +296,13 @@ class Explainer:
                 requests.append(MapRequest(method.name, method, inp))
                 continue
             else:
-                tap = method.default_tap(self._index, inp) or default_layer(self._index, inp)
+                tap = method.default_tap(self._index, inp) or default_layer(
+                    self._index, inp, self.layer_names)
                 labels = [self.layer_names.friendly(tap)]
             for label in labels:
                 tensor = self.layer_names.resolve(label)
-                _check_4d(self._index, tensor, label)
-                requests.append(MapRequest(f"{method.name}@{label}", method, tensor))
+                view = self.layer_names.checked_view(tensor, label)
+                requests.append(MapRequest(f"{method.name}@{label}", method, tensor, view))
         keys = [r.key for r in requests]
         dupes = {k for k in keys if keys.count(k) > 1}
         if dupes:
@@ -300,13 +310,15 @@ class Explainer:
                               "list each method and layer once.")
         return requests
 
-    def _build(self, fused: bool) -> onnx.ModelProto:
-        asm = _Assembly(self.canonical, fused, self.meta_lr if self.meta else None)
+    def _build(self, fused: bool) -> tuple[onnx.ModelProto, Weights]:
+        """The explainer graph, its large initializers placeholders, and their values (the
+        canonical model's arrays and the new constants')."""
+        asm = _Assembly(self._canon, fused, self.meta_lr if self.meta else None)
         by_walk: dict[Walk, list[MapRequest]] = {}
         for req in self.requests:
             by_walk.setdefault(req.method.walk(self.layer_names), []).append(req)
         maps: dict[str, str] = {}
-        inp = self.canonical.input_name
+        inp = self._canon.input_name
         for walk, reqs in by_walk.items():
             taps = [asm.read(r.tensor) for r in reqs]
             warning = walk.warning(asm.index, asm.seeds, taps)
@@ -321,7 +333,9 @@ class Explainer:
                     raise ModelError(
                         f"No gradient reaches '{req.key.split('@')[-1]}': the model's output does "
                         "not depend on it.")
-                saliency = req.method.head(signals.context, tensor, g)
+                # token and channels-last layers are read as [N, C, h, w] (layers.LayerView)
+                x, g = req.view.apply(asm.b, tensor), req.view.apply(asm.b, g)
+                saliency = req.method.head(signals.context, x, g)
                 if req.tensor != inp:
                     saliency = asm.b.squeeze(
                         asm.b.resize_to(asm.b.unsqueeze(saliency, [1]), inp), [1])
@@ -330,11 +344,13 @@ class Explainer:
             maps = self.combination.apply(asm.b, maps, self.requests)
         outputs = [(key, maps[key], 3) for key in self.map_names]   # the order asked for
         metadata = {"onnx_saliency.maps": list(maps), "onnx_saliency.input": inp,
-                    "onnx_saliency.logits": self.canonical.output_name,
-                    "onnx_saliency.output": self.canonical.original_output,
+                    "onnx_saliency.logits": self._canon.output_name,
+                    "onnx_saliency.output": self._canon.original_output,
                     "onnx_saliency.fused": fused,
                     "onnx_saliency.meta_lr": self.meta_lr if self.meta else None}
-        return asm.finish(outputs, keep_logits=True, metadata=metadata, finite=True)
+        model = asm.finish(outputs, keep_logits=True, metadata=metadata, finite=True)
+        del asm   # its builder holds copies of the new constants
+        return split_weights(model, dict(self._canon.weights))
 
     # -- running ----------------------------------------------------------------------------
     @property
@@ -344,23 +360,47 @@ class Explainer:
         return [r.key for r in self.requests]
 
     @property
+    def canonical(self) -> CanonicalModel:
+        """The canonical model, self-contained: a copy holding the weights (the explainer
+        keeps one copy of them, apart from its graphs)."""
+        c = self._canon
+        return replace(c, model=join_weights(c.model, c.weights), weights={}) if c.weights else c
+
+    @property
+    def model(self) -> onnx.ModelProto:
+        """The explainer graph, self-contained: a copy holding the weights (see `canonical`)."""
+        return join_weights(self._graph, self._weights)
+
+    def forward_session(self):
+        """A session of the model's own forward pass (the canonical model: image -> logits), on
+        this explainer's providers and threads, sharing its weights."""
+        return make_session(self._canon.model, self.providers, self.threads,
+                            weights=self._canon.weights)
+
+    @property
+    def input_name(self) -> str:
+        """The image input's name (the model's own, in the saved graph too)."""
+        return self._canon.input_name
+
+    @property
     def logits_output(self) -> str:
         """The saved graph's logits output: the explained output's pre-softmax tensor."""
-        return self.canonical.output_name
+        return self._canon.output_name
 
     @property
     def num_classes(self) -> int | None:
-        shape = self._index.shapes.get(self.canonical.output_name)
+        shape = self._index.shapes.get(self._canon.output_name)
         return shape[1] if shape is not None and isinstance(shape[1], int) else None
 
     @property
     def input_shape(self) -> tuple:
-        return self._index.shapes[self.canonical.input_name]
+        return self._index.shapes[self._canon.input_name]
 
     @property
     def session(self):
         if self._session is None:
-            self._session = make_session(self.model, self.providers, self.threads)
+            self._session = make_session(self._graph, self.providers, self.threads,
+                                         weights=self._weights)
         return self._session
 
     def run(self, images: np.ndarray, target: TargetLike = None) -> dict[str, np.ndarray]:
@@ -369,7 +409,7 @@ class Explainer:
         n = images.shape[0]
         targets = check_targets(target, n, self.num_classes)
         names = [self.logits_output, *self.map_names, FINITE]   # outputs by name, never position
-        step = n if self.meta else (self.canonical.fixed_batch or n)  # meta: a Scan over images
+        step = n if self.meta else (self._canon.fixed_batch or n)  # meta: a Scan over images
         chunks = []
         for start in range(0, n, step):
             x, t = images[start:start + step], targets[start:start + step]
@@ -377,7 +417,7 @@ class Explainer:
             if pad:
                 x = np.concatenate([x, np.repeat(x[-1:], pad, 0)])
                 t = np.concatenate([t, np.repeat(t[-1:], pad, 0)])
-            outs = run_session(self.session, names, {self.canonical.input_name: x, TARGET: t})
+            outs = run_session(self.session, names, {self._canon.input_name: x, TARGET: t})
             chunks.append([o[:step - pad] for o in outs])
         out = dict(zip(names, (np.concatenate(parts) for parts in zip(*chunks))))
         bad = np.flatnonzero(~out.pop(FINITE))
@@ -396,7 +436,7 @@ class Explainer:
         out.pop("logits")
         return out
 
-    def save(self, path, portable: bool | None = None) -> None:
+    def save(self, path, portable: bool | None = None, data_name: str | None = None) -> None:
         """Write the explainer graph: inputs (image, target int64 [N]; −1 = top-1, another value
         outside [0, K) fails the run or, where the runtime does not check, gives NaN maps),
         outputs by name (logits, one [N,H,W] map per key in `map_names`, `finite` bool [N]).
@@ -404,11 +444,18 @@ class Explainer:
         `portable=True` writes standard ONNX ops only (the fused ops' decompositions): it runs
         in any ONNX runtime, a bare `onnxruntime.InferenceSession` included. `portable=False`
         keeps the fused custom ops (faster; the session must register `fused.library_path()`).
-        Default: the fused graph only when this explainer was built with `fused=True`."""
+        Default: the fused graph only when this explainer was built with `fused=True`.
+
+        The weights go to `<stem>.data` beside `path` (ONNX external data, page-aligned) when the
+        graph would exceed protobuf's 2 GB limit or when the model's file kept its weights in
+        external data (`data_name`: another name for that file, in the same folder); else `path`
+        holds them all."""
         if portable is None:
             portable = not self._save_fused
-        model = self._build(False) if portable and self.fused else self.model
-        onnx.save(model, str(path))
+        graph, weights = (self._build(False) if portable and self.fused
+                          else (self._graph, self._weights))
+        save_model(graph, path, weights, external=True if self._canon.external_data else None,
+                   data_name=data_name)
 
 
 def list_layers(model: ModelSource, output: str | None = None) -> list[str]:
@@ -422,13 +469,14 @@ def default_layers(model: ModelSource | CanonicalModel, output: str | None = Non
     """The layer each layer method taps when none is given, for this model: {method: layer}.
 
     Grad-CAM and the NormGrad family: the last spatial tensor before the classifier's global
-    pooling (VGG16 features.29, ResNet50 layer4); normgrad_conv: the last convolution; EBP: by
+    pooling (VGG16 features.29, ResNet50 layer4; vision transformers: the last block's output
+    before the final LayerNorm, a Swin's last stage, read as tokens); normgrad_conv: the last convolution; EBP: by
     family (ResNets layer3, VGGs pool4: VGG16 features.23), else the Grad-CAM layer.
     `model` may be a model already canonicalised (`canonicalize`)."""
     canon = model if isinstance(model, CanonicalModel) else canonicalize(model, output=output)
     index = GraphIndex(canon.model)
     names = LayerNames(index, canon.input_name)
-    general = default_layer(index, canon.input_name)
+    general = default_layer(index, canon.input_name, names)
     out = {}
     for name, factory in methods_mod.REGISTRY.items():
         method = factory()

@@ -109,7 +109,7 @@ def deletion_insertion(explainer, images: np.ndarray, maps: np.ndarray, target,
     baseline, most salient first), at `steps` + 1 evenly spaced fractions 0..1 of the pixels;
     AUC by the trapezoid rule on [0, 1]. The curve runs through ONNX Runtime in batches of the
     model's own forward pass. Returns one AUC per image."""
-    from .runtime import check_targets, make_session
+    from .runtime import check_targets
 
     if mode not in ("deletion", "insertion"):
         raise MethodError(f"mode must be 'deletion' or 'insertion', not {mode!r}.")
@@ -120,8 +120,8 @@ def deletion_insertion(explainer, images: np.ndarray, maps: np.ndarray, target,
     targets = check_targets(target, n, explainer.num_classes)
     if (targets < 0).any():
         raise MethodError("deletion/insertion needs explicit target classes.")
-    session = make_session(explainer.canonical.model, explainer.providers, explainer.threads)
-    name = explainer.canonical.input_name
+    session = explainer.forward_session()
+    name = explainer.input_name
     base = np.broadcast_to(np.asarray(baseline, np.float32), images.shape)
     counts = np.round(np.linspace(0, h * w, steps + 1)).astype(int)
     aucs = np.zeros(n)

@@ -1,22 +1,176 @@
-"""Running explainer graphs: ONNX Runtime sessions, and checks of what users feed them."""
+"""Running explainer graphs: ONNX Runtime sessions, and checks of what users feed them; the
+weights kept apart from the graphs.
+
+A model's large initializers may live outside its ModelProto (`split_weights`): the proto keeps a
+placeholder (name, type, dims, external data at `WEIGHTS_LOCATION`) and a dict {name: array}
+holds the values, one array per tensor however many graphs (canonical, explainer) name it.
+ONNX Runtime gets the arrays as external initializers (no serialisation of the weights, no
+protobuf 2 GB limit); `save_model` writes them beside the .onnx file as external data.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import numpy_helper
 
 from . import fused
 from .errors import InputError, SaliencyError
 
 TargetLike = int | Sequence[int] | np.ndarray | None
+Weights = dict[str, np.ndarray]
+
+WEIGHTS_LOCATION = "onnx_saliency.weights"   # a placeholder's location: its value is in a dict
+SPLIT_BYTES = 64 * 1024       # initializers at least this large are kept apart by split_weights
+PROTOBUF_LIMIT = 2**31 - 1    # bytes one serialised protobuf message may hold
+_ALIGN = 4096                 # external data offsets: page-aligned, so ONNX Runtime can map them
+
+
+def is_placeholder(tensor: onnx.TensorProto) -> bool:
+    return (tensor.data_location == onnx.TensorProto.EXTERNAL
+            and any(e.key == "location" and e.value == WEIGHTS_LOCATION
+                    for e in tensor.external_data))
+
+
+def copy_fields(src, dst, *skip: str) -> None:
+    """Every set field of protobuf message `src` but those named in `skip` into `dst` (of the
+    same type): a copy that leaves out the weights."""
+    for field, value in src.ListFields():
+        if field.name in skip:
+            continue
+        repeated = getattr(field, "is_repeated", None)   # protobuf >= 6; older: label
+        if repeated is None:
+            repeated = field.label == field.LABEL_REPEATED
+        if repeated:
+            getattr(dst, field.name).extend(value)
+        elif field.type == field.TYPE_MESSAGE:
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
+
+
+def tensor_bytes(tensor: onnx.TensorProto) -> int:
+    """The bytes of a tensor's values, from its dims and type (protobuf's ByteSize serialises
+    the message to count, and fails past 2 GB); 0 for strings and unknown types."""
+    if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        return 0
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        return 0
+    return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
+
+
+def inline_bytes(model: onnx.ModelProto) -> int:
+    """The bytes the main graph's initializers hold in the proto (placeholders hold none)."""
+    return sum(tensor_bytes(t) for t in model.graph.initializer
+               if t.data_location != onnx.TensorProto.EXTERNAL)
+
+
+def _too_big(model: onnx.ModelProto) -> bool:
+    """Whether one protobuf could not hold the model (its weights near the 2 GB limit)."""
+    return inline_bytes(model) > PROTOBUF_LIMIT - 2**26
+
+
+def _placeholder(tensor: onnx.TensorProto) -> onnx.TensorProto:
+    out = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims,
+                           data_location=onnx.TensorProto.EXTERNAL)
+    out.external_data.add(key="location", value=WEIGHTS_LOCATION)
+    return out
+
+
+def split_weights(model: onnx.ModelProto, weights: Weights | None = None,
+                  min_bytes: int = SPLIT_BYTES) -> tuple[onnx.ModelProto, Weights]:
+    """(a new model whose main-graph initializers of at least `min_bytes` are placeholders,
+    {name: value} of every placeholder). `weights`: the dict to add to (values already there
+    are reused for equally named placeholders). The weights are copied once, out of `model`;
+    `model` is left as it was: drop it to free its memory (protobuf frees a message's memory
+    only with the message)."""
+    weights = {} if weights is None else weights
+    out = onnx.ModelProto()
+    copy_fields(model, out, "graph")
+    copy_fields(model.graph, out.graph, "initializer")
+    for tensor in model.graph.initializer:
+        if is_placeholder(tensor):
+            if tensor.name not in weights:
+                raise SaliencyError(f"Initializer '{tensor.name}' is a placeholder whose value "
+                                    "was not given (a bug in onnx-saliency).")
+            out.graph.initializer.append(tensor)
+        elif (tensor.data_location != onnx.TensorProto.EXTERNAL and not tensor.HasField("segment")
+              and tensor_bytes(tensor) >= min_bytes):
+            if tensor.HasField("raw_data"):   # one copy: the bytes protobuf hands over
+                dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+                value = np.frombuffer(tensor.raw_data, dtype).reshape(tuple(tensor.dims))
+            else:
+                value = numpy_helper.to_array(tensor)
+            weights[tensor.name] = value
+            out.graph.initializer.append(_placeholder(tensor))
+        else:
+            out.graph.initializer.append(tensor)
+    return out, weights
+
+
+def join_weights(model: onnx.ModelProto, weights: Weights) -> onnx.ModelProto:
+    """A new self-contained model: `model` with each placeholder holding its value again."""
+    out = onnx.ModelProto()
+    copy_fields(model, out, "graph")
+    copy_fields(model.graph, out.graph, "initializer")
+    for tensor in model.graph.initializer:
+        if is_placeholder(tensor):
+            full = out.graph.initializer.add(name=tensor.name, data_type=tensor.data_type,
+                                             dims=tensor.dims)
+            full.raw_data = np.ascontiguousarray(weights[tensor.name]).tobytes()
+        else:
+            out.graph.initializer.append(tensor)
+    return out
+
+
+def save_model(model: onnx.ModelProto, path, weights: Weights | None = None,
+               external: bool | None = None, data_name: str | None = None) -> None:
+    """Write `model` (placeholders resolved from `weights`) to `path`. `external`: the
+    placeholders' values go to `data_name` (default `<stem>.data`) beside it, page-aligned
+    (ONNX external data); None: external exactly when one protobuf could not hold the model
+    (over 2 GB)."""
+    path = Path(path)
+    weights = weights or {}
+    placeholders = [t for t in model.graph.initializer if is_placeholder(t)]
+    if external is None:
+        size = inline_bytes(model) + sum(weights[t.name].nbytes for t in placeholders)
+        external = size > PROTOBUF_LIMIT - 2**26
+    if not external:
+        onnx.save_model(join_weights(model, weights) if placeholders else model, str(path))
+        return
+    if _too_big(model):   # large inline tensors: apart first
+        model, weights = split_weights(model, dict(weights))
+        placeholders = [t for t in model.graph.initializer if is_placeholder(t)]
+    data_name = data_name or path.stem + ".data"
+    saved = onnx.ModelProto()
+    saved.CopyFrom(model)   # small: the placeholders carry no data
+    by_name = {t.name: t for t in saved.graph.initializer if is_placeholder(t)}
+    with open(path.parent / data_name, "wb") as data:
+        for tensor in placeholders:
+            value = np.ascontiguousarray(weights[tensor.name])
+            offset = -data.tell() % _ALIGN
+            data.write(b"\0" * offset)
+            ref = by_name[tensor.name]
+            del ref.external_data[:]
+            for key, val in (("location", data_name), ("offset", str(data.tell())),
+                             ("length", str(value.nbytes))):
+                ref.external_data.add(key=key, value=val)
+            data.write(memoryview(value.reshape(-1).view(np.uint8)))
+    onnx.save_model(saved, str(path))
 
 
 def make_session(model: onnx.ModelProto, providers: Sequence[str] | None = None,
-                 threads: int | None = None) -> ort.InferenceSession:
-    """An InferenceSession on `providers` (default CPU); unknown providers fail clearly."""
+                 threads: int | None = None, weights: Weights | None = None
+                 ) -> ort.InferenceSession:
+    """An InferenceSession on `providers` (default CPU); unknown providers fail clearly. The
+    placeholders' values (`weights`; a model over 2 GB is split first) reach ONNX Runtime as
+    external initializers: only the small graph is serialised."""
     providers = list(providers or ["CPUExecutionProvider"])
     available = ort.get_available_providers()
     missing = [p if isinstance(p, str) else p[0] for p in providers
@@ -42,7 +196,22 @@ def make_session(model: onnx.ModelProto, providers: Sequence[str] | None = None,
     # run the nodes in the graph's order where dependencies allow (interleave_early puts the
     # backward nodes that read only forward tensors beside the forward pass)
     opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
+    return _session(model, opts, providers, weights)
+
+
+def _session(model: onnx.ModelProto, opts: ort.SessionOptions, providers: Sequence,
+             weights: Weights | None = None) -> ort.InferenceSession:
+    """InferenceSession(model) with the placeholders' values from `weights` handed over as
+    OrtValues over the arrays (kept alive with the session)."""
+    if _too_big(model):
+        model, weights = split_weights(model, dict(weights or {}))
+    names = [t.name for t in model.graph.initializer if is_placeholder(t)]
+    values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(weights[n])) for n in names]
+    if names:
+        opts.add_external_initializers(names, values)
+    session = ort.InferenceSession(model.SerializeToString(), opts, providers=list(providers))
+    session.osal_weights = values   # ONNX Runtime may read the arrays for as long as it runs
+    return session
 
 
 def check_images(images, expected: Sequence[int | str | None]) -> np.ndarray:
