@@ -92,8 +92,8 @@ def test_remove_dead_code_keeps_what_the_outputs_need_in_order():
 
 
 def test_check_runtime_loads_refuses_an_opset_out_of_range():
-    with pytest.raises(ModelLoadError, match="opset 23; onnx-saliency supports opsets 11 to 22"):
-        canonical.check_runtime_loads(Canonicalization(_classifier(opset=23)))
+    with pytest.raises(ModelLoadError, match="opset 24; onnx-saliency supports opsets 7 to 23"):
+        canonical.check_runtime_loads(Canonicalization(_classifier(opset=24)))
 
 
 def test_convert_opset_converts_old_models_and_leaves_new_ones():

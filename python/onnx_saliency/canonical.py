@@ -13,7 +13,7 @@ After the passes the model is canonical (`check_canonical` checks all but the fo
   could not be made dynamic, the batch it is fixed to: `fixed_batch`);
 - one output, the explained one (float where its type is known), not made by a (Log)Softmax: the
   seed sits on the logits (`output_name`; its name in the file is `original_output`);
-- default-domain opset 16 to 22 (files from opset 11 on are converted to 17);
+- default-domain opset 16 to 23 (files from opset 7 on are converted to 17);
 - every node named, no two alike; no Constant nodes (their values are initializers); nodes
   whose inputs are all constant folded (where the ONNX reference evaluator runs them);
 - nodes in topological order, each tensor made once, and only the nodes the output needs;
@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -34,10 +34,14 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper, shape_inference, version_converter
 
+from . import contrib_ops
+from . import formats
 from .errors import ModelLoadError, UnsupportedOpError
 from .graph import opset_version
+from .runtime import (SPLIT_BYTES, Weights, copy_fields, is_placeholder, join_weights,
+                      split_weights, tensor_bytes)
 
-MIN_OPSET, MAX_OPSET, CONVERT_TO = 11, 22, 17
+MIN_OPSET, MAX_OPSET, CONVERT_TO = 7, 23, 17
 CONVERT_BELOW = 16   # the scatter-add the MaxPool rule needs exists from opset 16 on
 BATCH = "N"
 _NO_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
@@ -56,6 +60,9 @@ class CanonicalModel:
     output_name: str
     fixed_batch: int | None  # the batch size the model is stuck at, or None when dynamic
     original_output: str     # the output name before the Softmax bypass
+    # canonicalize(apart=True): the values of the model's placeholders (runtime.split_weights)
+    weights: Weights = field(default_factory=dict)
+    external_data: bool = False   # the source file kept its weights in external data
 
 
 @dataclass
@@ -70,6 +77,7 @@ class Canonicalization:
     output_name: str = ""            # choose_output: the tensor the seed sits on (the logits)
     input_name: str = ""             # find_image_input: the image input
     fixed_batch: int | None = None   # make_batch_dynamic: the batch the model is stuck at
+    weights: Weights = field(default_factory=dict)   # the placeholders' values (split_weights)
 
 
 Pass = Callable[[Canonicalization], None]   # rewrites state.model (in place, or replaces it)
@@ -81,6 +89,12 @@ class NotCanonicalError(RuntimeError):
 
 def load_model(source: ModelSource) -> onnx.ModelProto:
     """Read a model from a path, bytes or a ModelProto (external data is loaded from its folder)."""
+    return _load(source)[0]
+
+
+def _load(source: ModelSource) -> tuple[onnx.ModelProto, bool]:
+    """load_model, and whether the file kept tensors in external data."""
+    used_external = False
     if isinstance(source, onnx.ModelProto):
         model = onnx.ModelProto()
         model.CopyFrom(source)
@@ -92,6 +106,7 @@ def load_model(source: ModelSource) -> onnx.ModelProto:
         if not path.is_file():
             raise ModelLoadError(f"Model file '{path}' does not exist or is not a file.")
         model = _parse(path.read_bytes(), f"'{path}'")
+        used_external = bool(_external_tensors(model))
         _load_external_data(model, path)
     else:
         raise ModelLoadError(
@@ -104,7 +119,7 @@ def load_model(source: ModelSource) -> onnx.ModelProto:
     if len(model.graph.node) == 0:
         raise ModelLoadError("The model has no nodes: it is empty or not an ONNX model.")
     _check_tensor_sizes(model)
-    return model
+    return model, used_external
 
 
 def _parse(data: bytes, where: str) -> onnx.ModelProto:
@@ -401,6 +416,8 @@ def choose_output(state: Canonicalization) -> None:
             stacklevel=3)   # the caller of canonicalize
         value.name = logits
         value.type.tensor_type.ClearField("shape")
+        if _casts_on_the_way(producer, chosen, logits):   # (a float16 model cast to float32)
+            value.type.tensor_type.elem_type = _elem_type(state.model, logits)
     state.original_output, state.output_name = chosen, value.name
     remove_dead_code(state.model)
 
@@ -427,7 +444,8 @@ def check_runtime_loads(state: Canonicalization) -> None:
 
 
 def convert_opset(state: Canonicalization) -> None:
-    """Ensures opset CONVERT_BELOW or later: an older model is converted to CONVERT_TO."""
+    """Ensures opset CONVERT_BELOW or later: an older model is converted to CONVERT_TO, its
+    Upsample and Resize-10 nodes kept to their own coordinates (`_old_resize_semantics`)."""
     version = check_opset(state.model)
     if version < CONVERT_BELOW:
         try:
@@ -435,6 +453,35 @@ def convert_opset(state: Canonicalization) -> None:
         except Exception as exc:  # the converter raises bare RuntimeErrors
             raise ModelLoadError(f"Could not convert the model from opset {version} to "
                                  f"{CONVERT_TO}: {_first_line(exc)}") from None
+        if version < 11:
+            _old_resize_semantics(state.model)
+
+
+def _old_resize_semantics(model: onnx.ModelProto) -> None:
+    """Upsample (opsets 7-9) and Resize-10 map output pixel i to input coordinate i / scale
+    ("asymmetric") and, in nearest mode, take floor when enlarging and ceil when shrinking
+    (ONNX Runtime's rule for them); the version converter leaves the Resize-11 defaults
+    (half_pixel, round_prefer_floor) on the Resize nodes it writes in their place, which moves
+    a linear upsampling by up to a third of the signal. In a model converted from below opset
+    11 every Resize is such a node: this sets both back."""
+    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    consts.update((n.output[0], _constant_value(n)) for n in model.graph.node
+                  if n.op_type == "Constant" and n.attribute)
+    for node in model.graph.node:
+        if node.op_type != "Resize":
+            continue
+        attrs = {a.name: a for a in node.attribute
+                 if a.name not in ("coordinate_transformation_mode", "nearest_mode")}
+        mode = onnx.helper.get_attribute_value(attrs["mode"]) if "mode" in attrs else b"nearest"
+        scales = consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        extra = [onnx.helper.make_attribute("coordinate_transformation_mode", "asymmetric")]
+        if mode == b"nearest":
+            shrinks = scales is not None and scales.size > 0 and bool(np.all(scales <= 1)) \
+                and bool(np.any(scales < 1))
+            extra.append(onnx.helper.make_attribute("nearest_mode",
+                                                    "ceil" if shrinks else "floor"))
+        del node.attribute[:]
+        node.attribute.extend([*attrs.values(), *extra])
 
 
 def constants_to_initializers(state: Canonicalization) -> None:
@@ -500,15 +547,13 @@ def make_batch_dynamic(state: Canonicalization) -> None:
     it held; where it did not, the model keeps its fixed batch (`fixed_batch`, a warning)."""
     model, input_name = state.model, state.input_name
     old_batch = _fixed_batch(model, input_name)
-    backup = None
-    if old_batch:   # a copy to fall back on (it copies every weight)
-        backup = onnx.ModelProto()
-        backup.CopyFrom(model)
+    backup = _BatchBackup(model) if old_batch else None   # what changes, not the weights
     _symbolic_batch_dims(model, input_name, old_batch)
     state.model = infer_shapes(model)
     check_memory(state.model, input_name)
     if old_batch is not None and not _batch_works(state.model, input_name):
-        state.model, state.fixed_batch = infer_shapes(backup), old_batch
+        backup.restore(state.model)
+        state.model, state.fixed_batch = infer_shapes(state.model), old_batch
         check_memory(state.model, input_name)
         warnings.warn(
             f"The model is fixed to batch {old_batch} and could not be made dynamic; images are "
@@ -531,7 +576,8 @@ def fold_constants(state: Canonicalization) -> None:
         if not foldable:
             keep.append(node)
             continue
-        feeds = {i: numpy_helper.to_array(consts[i]) for i in node.input if i}
+        feeds = {i: state.weights[i] if is_placeholder(consts[i]) else
+                 numpy_helper.to_array(consts[i]) for i in node.input if i}
         small = onnx.helper.make_model(
             onnx.helper.make_graph(
                 [node], "fold",
@@ -562,27 +608,44 @@ PASSES: tuple[Pass, ...] = (
     choose_output,
     check_runtime_loads,
     convert_opset,
+    name_nodes,   # again: the opset converter's adapters add unnamed nodes (Shape, Reshape)
+    contrib_ops.standard_contrib_ops,   # after convert_opset: writes ops of the final opset
     constants_to_initializers,
+    formats.float32_image_input,
     find_image_input,
     channels_first_input,
     make_batch_dynamic,
     fold_constants,
+    formats.type_quantized_ops,
 )
 
 
-def canonicalize(source: ModelSource, layout: str = "NCHW", output: str | None = None
-                 ) -> CanonicalModel:
+def canonicalize(source: ModelSource, layout: str = "NCHW", output: str | None = None,
+                 apart: bool = False) -> CanonicalModel:
     """The canonical form of a model (see the module docstring): loaded, repaired, then
     rewritten by PASSES in order and checked. `layout`: the image input's, "NCHW" or "NHWC";
-    `output`: the graph output to explain (default: see `choose_output`)."""
+    `output`: the graph output to explain (default: see `choose_output`). `apart`: the large
+    initializers stay out of the model from the load on (placeholders; their values in
+    `weights`, one copy), else the model holds them all."""
     if layout not in ("NCHW", "NHWC"):
         raise ModelLoadError(f"layout must be 'NCHW' or 'NHWC', not {layout!r}.")
-    state = Canonicalization(repair(load_model(source)), layout, output)
+    model, used_external = _load(source)
+    weights: Weights = {}
+    if apart:
+        model, weights = split_weights(model)   # the loaded copy is freed when `model` moves on
+    state = Canonicalization(repair(model), layout, output, weights=weights)
+    del model
     for run_pass in PASSES:
         run_pass(state)   # called from here: their warnings point at canonicalize's caller
     check_canonical(state)
+    if apart:   # new large constants (folded, from Constant nodes) apart too; the dead dropped
+        state.model, weights = split_weights(state.model, state.weights)
+        kept = {t.name for t in state.model.graph.initializer if is_placeholder(t)}
+        state.weights = {name: weights[name] for name in kept}
+    elif state.weights:
+        state.model = join_weights(state.model, state.weights)
     return CanonicalModel(state.model, state.input_name, state.output_name, state.fixed_batch,
-                          state.original_output)
+                          state.original_output, state.weights, used_external)
 
 
 # --- the postcondition ------------------------------------------------------------------------
@@ -705,16 +768,44 @@ def _constant_value(node: onnx.NodeProto) -> np.ndarray:
 _SCORE_PASSES = ("Identity", "Softmax", "LogSoftmax")
 
 
+def _passes_score(node: onnx.NodeProto) -> bool:
+    """Identity, (Log)Softmax, or a Cast between float types (a float16 model's output cast
+    to float32)."""
+    if node.op_type == "Cast":
+        return any(a.name == "to" and a.i in _FLOAT_TYPES for a in node.attribute)
+    return node.op_type in _SCORE_PASSES
+
+
 def _pre_softmax(producer: dict, name: str) -> tuple[str, onnx.NodeProto | None]:
-    """The tensor before a trailing chain of Identity/(Log)Softmax nodes, and the last
-    (Log)Softmax on the way (None when there is none)."""
-    softmax = None
-    while name in producer and producer[name].op_type in _SCORE_PASSES:
+    """The tensor before a trailing chain of Identity/(Log)Softmax/float Cast nodes, and the
+    last (Log)Softmax on the way (None when there is none). Casts are passed only on the way
+    to a (Log)Softmax: cast logits stay the explained tensor."""
+    softmax, start, cast = None, name, False
+    while name in producer and _passes_score(producer[name]):
         node = producer[name]
-        if node.op_type != "Identity" and softmax is None:
+        if node.op_type in ("Softmax", "LogSoftmax") and softmax is None:
             softmax = node
+        cast = cast or (node.op_type == "Cast" and softmax is None)
         name = node.input[0]
-    return name, softmax
+    return (start, None) if cast and softmax is None else (name, softmax)
+
+def _casts_on_the_way(producer: dict, name: str, to: str) -> bool:
+    """Whether a Cast lies on the chain of single-input nodes from `to` to `name`."""
+    while name != to and name in producer:
+        if producer[name].op_type == "Cast":
+            return True
+        name = producer[name].input[0]
+    return False
+
+
+def _elem_type(model: onnx.ModelProto, name: str) -> int:
+    """The element type of tensor `name`, from shape inference on the skeleton (0: unknown)."""
+    inferred = shape_inference.infer_shapes(skeleton(model)).graph
+    for value in [*inferred.value_info, *inferred.input, *inferred.output]:
+        if value.name == name:
+            return value.type.tensor_type.elem_type
+    return 0
+
 
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
                 onnx.TensorProto.BFLOAT16)
@@ -781,8 +872,61 @@ def _symbolic_batch_dims(model: onnx.ModelProto, input_name: str, old_batch: int
                     inits[node.input[1]].CopyFrom(numpy_helper.from_array(new, node.input[1]))
 
 
+class _BatchBackup:
+    """What `_symbolic_batch_dims` and shape inference change (inputs, outputs, value_info,
+    constant Reshape shapes), copied to be put back: a small copy, the weights stay shared."""
+
+    def __init__(self, model: onnx.ModelProto):
+        graph = model.graph
+        self.fields = {name: [self._copy(v) for v in getattr(graph, name)]
+                       for name in ("input", "output", "value_info")}
+        shapes = {n.input[1] for n in graph.node if n.op_type == "Reshape" and len(n.input) > 1}
+        self.shapes = [self._copy(t) for t in graph.initializer if t.name in shapes]
+
+    @staticmethod
+    def _copy(message):
+        copy = type(message)()
+        copy.CopyFrom(message)
+        return copy
+
+    def restore(self, model: onnx.ModelProto) -> None:
+        graph = model.graph
+        for name, values in self.fields.items():
+            del getattr(graph, name)[:]
+            getattr(graph, name).extend(values)
+        saved = {t.name: t for t in self.shapes}
+        for tensor in graph.initializer:
+            if tensor.name in saved:
+                tensor.CopyFrom(saved[tensor.name])
+
+
+def _zero_weights_probe(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of the model whose large initializers (placeholders too) are zeros made at run
+    time by ConstantOfShape nodes: runs the graph's shapes without a copy of the weights (each
+    zero tensor lives only until its last reader has run)."""
+    probe = onnx.ModelProto()
+    copy_fields(model, probe, "graph")
+    copy_fields(model.graph, probe.graph, "initializer", "node")
+    made = []
+    for i, tensor in enumerate(model.graph.initializer):
+        if is_placeholder(tensor) or tensor_bytes(tensor) >= SPLIT_BYTES:
+            shape = f"osal/probe_shape_{i}"
+            probe.graph.initializer.append(
+                numpy_helper.from_array(np.asarray(tensor.dims, np.int64).reshape(-1), shape))
+            zero = np.zeros(1, onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+            made.append(onnx.helper.make_node("ConstantOfShape", [shape], [tensor.name],
+                                              name=f"osal/probe_{i}",
+                                              value=numpy_helper.from_array(zero)))
+        else:
+            probe.graph.initializer.append(tensor)
+    probe.graph.node.extend(made)
+    probe.graph.node.extend(model.graph.node)
+    return probe
+
+
 def _batch_works(model: onnx.ModelProto, input_name: str) -> bool:
-    """Run the model once with batch 2 (spatial dims taken from the model or 32) to check."""
+    """Run the model once with batch 2 (spatial dims taken from the model or 32) to check; the
+    large weights as zeros (`_zero_weights_probe`: the check is of shapes)."""
     import onnxruntime as ort
 
     inp = next(i for i in model.graph.input if i.name == input_name)
@@ -792,7 +936,8 @@ def _batch_works(model: onnx.ModelProto, input_name: str) -> bool:
     try:
         opts = ort.SessionOptions()
         opts.log_severity_level = 4
-        sess = ort.InferenceSession(model.SerializeToString(), opts,
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sess = ort.InferenceSession(_zero_weights_probe(model).SerializeToString(), opts,
                                     providers=["CPUExecutionProvider"])
         out = sess.run(None, {input_name: np.zeros(dims, np.float32)})[0]
         return out.shape[0] == 2
@@ -823,7 +968,7 @@ def skeleton(model: onnx.ModelProto, max_elements: int = 4096) -> onnx.ModelProt
     out.graph.value_info.extend(graph.value_info)
     listed = {i.name for i in graph.input}
     for t in graph.initializer:
-        if int(np.prod(t.dims)) <= max_elements:
+        if int(np.prod(t.dims)) <= max_elements and not is_placeholder(t):
             out.graph.initializer.append(t)
         elif t.name not in listed:
             out.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims))
