@@ -52,7 +52,9 @@ def export_torchvision(name: str, path: Path, size: int, seed: int = 0, keep_bn:
     x = torch.randn(1, 3, size, size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        big = sum(p.numel() for p in model.parameters()) * 4 > 2**30   # external data over 1 GiB
         torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17,
+                          external_data=big,
                           input_names=["input"], output_names=["logits"], do_constant_folding=not keep_bn,
                           dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
     return model
@@ -171,8 +173,18 @@ class Decisions:
                     graphs.append((attr.g, node))
         producers = {o: (n, g, scan) for g, scan in graphs for n in g.node for o in n.output if o}
         prefixes = (prefix,) if isinstance(prefix, str) else tuple(prefix)
+        # gates on constants only (Swin-V2's position-bias MLP) are folded out of the graph;
+        # their decisions are read from the exported file itself
+        constant = set(consts) | {i.name for i in exported.graph.initializer}
+        for node in exported.graph.node:
+            if node.input and all(i in constant for i in node.input if i):
+                constant.update(node.output)
+        folded = {name for kind, name in points if kind != "MaxPool" and name in constant
+                  and not any(p + name in producers for p in prefixes)}
         fetch, stacked = [], set()
         for prefix_, (kind, name) in ((p, point) for p in prefixes for point in points):
+            if name in folded:
+                continue
             if prefix_ + name not in producers:
                 raise AssertionError(f"{kind} output {prefix_ + name!r} of the exported file is "
                                      "not in the graph to pin to")
@@ -210,13 +222,20 @@ class Decisions:
                 feeds[inp.name] = np.broadcast_to(  # None: −1, each image's top-1
                     np.asarray(-1 if target is None else target, np.int64), (len(x),)).copy()
         outs = make_session(run).run(fetch, feeds)   # the explainers' session options
+        if folded:
+            probe = onnx.ModelProto()
+            probe.CopyFrom(exported)
+            probe.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT,
+                                                                         None) for n in folded)
+            inp = probe.graph.input[0].name
+            folded = dict(zip(folded, make_session(probe).run(list(folded), {inp: x})))
         outs = iter([o.reshape((-1,) + o.shape[2:]) if name in stacked else o
                      for name, o in zip(fetch, outs)])
         found = []
         for _ in prefixes:
             values = {kind: [] for kind in PIN_KINDS}
-            for kind, _ in points:
-                out = next(outs)
+            for kind, name in points:
+                out = folded[name] if name in folded else next(outs)
                 if kind == "MaxPool":    # flat over [N, C, H, W] (over [1, C, H, W] in a Scan)
                     h, w = next(outs).shape[2:]
                     out = out % (h * w)  # -> within the image's channel, as PyTorch indexes

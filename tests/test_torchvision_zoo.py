@@ -21,7 +21,8 @@ in fewer than 1e-3 of runs at these sizes (a few 1e5 activations, density ≤ 0.
 ±3), and the inputs are fixed.
 
 The small networks run in CI; the rest carry `slow` (run them with `pytest -m slow
-tests/test_torchvision_zoo.py`; docs/coverage.md gives the last full run's counts and times).
+tests/test_torchvision_zoo.py`, about 25 minutes on two cores; docs/coverage.md gives the
+counts).
 """
 
 from __future__ import annotations
@@ -57,8 +58,17 @@ FAST = {
 NAMES = torchvision.models.list_models(module=torchvision.models)
 
 
+# over 2 GB of weights: this harness builds its references from graphs serialised in one
+# protobuf; these two are not checked here yet (tests/test_large_models.py checks a model over
+# 2 GB on its own)
+OVER_2GB = {"regnet_y_128gf", "vit_h_14"}
+
+
 def _param(name):
     marks = () if name in FAST else (pytest.mark.slow,)
+    if name in OVER_2GB:
+        marks += (pytest.mark.skip(reason="over 2 GB: the reference harness serialises graphs "
+                                          "in one protobuf"),)
     return pytest.param(name, marks=marks, id=name)
 
 

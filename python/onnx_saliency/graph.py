@@ -14,6 +14,7 @@ records the edit; the assembly (explainer.py) applies the edits with the builder
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from typing import Iterable, Sequence
 
@@ -194,7 +195,11 @@ class GraphBuilder:
         arr = np.asarray(value, dtype=dtype)
         if self.widen and arr.dtype == np.float16:
             arr = arr.astype(np.float32)
-        key = (arr.dtype.str, arr.shape, arr.tobytes())
+        # small values are their own key; a large one (a flipped weight) by its digest, so the
+        # key is not a second copy of it
+        data = arr.tobytes() if arr.nbytes <= 4096 else \
+            hashlib.blake2b(np.ascontiguousarray(arr).view(np.uint8), digest_size=32).digest()
+        key = (arr.dtype.str, arr.shape, data)
         if key not in self._consts:
             name = self.fresh("const")
             tensor = numpy_helper.from_array(arr, name)

@@ -108,15 +108,20 @@ class RuleContext:
         return g
 
 
+def window_attrs(node: onnx.NodeProto, n: int) -> tuple[dict, list, list, str]:
+    """(all attributes, strides, dilations, auto_pad) of a windowed node of `n` spatial dims,
+    with ONNX's defaults."""
+    a = attrs_of(node)
+    auto_pad = a.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    return a, list(a.get("strides", [1] * n)), list(a.get("dilations", [1] * n)), auto_pad
+
+
 def conv_geometry(ctx: RuleContext, node: onnx.NodeProto, x: str,
                   kernel: Sequence[int]) -> dict:
     """strides, pads (explicit), dilations of a Conv/pool node; resolves auto_pad."""
-    a = attrs_of(node)
+    a, strides, dilations, auto_pad = window_attrs(node, len(kernel))
     n = len(kernel)
-    strides = list(a.get("strides", [1] * n))
-    dilations = list(a.get("dilations", [1] * n))
-    auto_pad = a.get("auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
     if auto_pad in ("NOTSET", ""):
         pads = list(a.get("pads", [0] * 2 * n))
     elif auto_pad == "VALID":

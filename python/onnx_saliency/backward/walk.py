@@ -187,12 +187,12 @@ def _refuse_dropped_integers(index: GraphIndex, table: RuleTable, after: set[str
         if table.carries_integers(node) or not any(i in after for i in node.input if i):
             continue
         for slot, out in enumerate(node.output):
-            if (out and out in before and not index.is_float(out) and not _is_index(node, slot)
-                    and index.types.get(out) != onnx.TensorProto.BOOL):
+            kind = index.types.get(out)   # untyped (this package's own emitted nodes): skip
+            if (out and out in before and kind and not index.is_float(out)
+                    and not _is_index(node, slot) and kind != onnx.TensorProto.BOOL):
                 domain = node.domain or "ai.onnx"
                 opset = opset_version(index.model, node.domain) or "not imported"
-                kind = index.types.get(out)
-                kind = onnx.TensorProto.DataType.Name(kind).lower() if kind else "untyped"
+                kind = onnx.TensorProto.DataType.Name(kind).lower()
                 raise UnsupportedOpError(
                     f"Node '{node.name}' (op {node.op_type}, domain {domain}, opset {opset}) "
                     f"turns the signal into the {kind} tensor '{out}', which no backward rule "

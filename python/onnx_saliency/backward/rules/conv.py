@@ -21,7 +21,8 @@ from __future__ import annotations
 import numpy as np
 
 from ...graph import attrs_of
-from ..context import RuleContext, conv_params, conv_transpose_to, to_blocked_layout
+from ..context import (RuleContext, conv_params, conv_transpose_to, to_blocked_layout,
+                       window_attrs)
 from ..table import GRADIENT
 
 
@@ -83,12 +84,8 @@ def _transpose_begin_pads(ctx: RuleContext, node, kernel: list, x_hw, y_hw) -> t
     them: the `pads` attribute, or from an output_shape: with total = s(n − 1) + output_padding
     + (k − 1)d + 1 − out, p_begin = ⌊total/2⌋ for SAME_UPPER, total − ⌊total/2⌋ otherwise,
     and 0 where total < 0 (the extra length lies at the end)."""
-    a = attrs_of(node)
     n = len(kernel)
-    strides = list(a.get("strides", [1] * n))
-    dilations = list(a.get("dilations", [1] * n))
-    auto_pad = a.get("auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    a, strides, dilations, auto_pad = window_attrs(node, n)
     geo = {"strides": strides, "dilations": dilations}
     if "output_shape" in a:
         if x_hw is None:
