@@ -100,14 +100,15 @@ def rel_err(a: np.ndarray, ref: np.ndarray) -> float:
 PIN_KINDS = ("Relu", "Clip", "MaxPool")   # the ONNX ops whose backward makes a decision
 
 
-def _onnx_model(source):
-    """A ModelProto from a path, serialized bytes or a ModelProto."""
+def _onnx_model(source, external: bool = True):
+    """A ModelProto from a path, serialized bytes or a ModelProto (`external=False`: a file's
+    external data left unloaded)."""
     import onnx
     if isinstance(source, onnx.ModelProto):
         return source
     if isinstance(source, (bytes, bytearray)):
         return onnx.load_from_string(bytes(source))
-    return onnx.load(str(source))
+    return onnx.load(str(source), load_external_data=external)
 
 
 def _clip_bounds(node, consts: dict) -> tuple[float, float]:
@@ -145,14 +146,16 @@ class Decisions:
         self.bounds = bounds      # (lo, hi) of each Clip, in order
 
     @classmethod
-    def from_ort(cls, onnx_path, x, *, graph=None, target=None, prefix: str | tuple = ""):
+    def from_ort(cls, onnx_path, x, *, graph=None, target=None, prefix: str | tuple = "",
+                 weights=None):
         import onnx
         from onnx import numpy_helper
 
         from onnx_saliency.runtime import make_session
 
-        exported = _onnx_model(onnx_path)
-        consts = {t.name: numpy_helper.to_array(t) for t in exported.graph.initializer}
+        exported = _onnx_model(onnx_path, external=False)   # its gates; weights not needed
+        consts = {t.name: numpy_helper.to_array(t) for t in exported.graph.initializer
+                  if t.data_location != onnx.TensorProto.EXTERNAL}
         for node in exported.graph.node:
             if node.op_type == "Constant":
                 consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
@@ -221,10 +224,12 @@ class Decisions:
             elif inp.name == "target":
                 feeds[inp.name] = np.broadcast_to(  # None: −1, each image's top-1
                     np.asarray(-1 if target is None else target, np.int64), (len(x),)).copy()
-        outs = make_session(run).run(fetch, feeds)   # the explainers' session options
+        # the explainers' session options; `weights`: the values of `graph`'s placeholders
+        # (runtime.split_weights), for graphs over 2 GB
+        outs = make_session(run, weights=weights).run(fetch, feeds)
         if folded:
             probe = onnx.ModelProto()
-            probe.CopyFrom(exported)
+            probe.CopyFrom(_onnx_model(onnx_path))
             probe.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT,
                                                                          None) for n in folded)
             inp = probe.graph.input[0].name
