@@ -63,6 +63,9 @@ class CanonicalModel:
     # canonicalize(apart=True): the values of the model's placeholders (runtime.split_weights)
     weights: Weights = field(default_factory=dict)
     external_data: bool = False   # the source file kept its weights in external data
+    # canonicalize(deployed=True), a model in a deployed format: its own forward pass as loaded
+    # (formats.keep_deployed_forward), the explainer's logits
+    deployed: onnx.ModelProto | None = None
 
 
 @dataclass
@@ -78,6 +81,8 @@ class Canonicalization:
     input_name: str = ""             # find_image_input: the image input
     fixed_batch: int | None = None   # make_batch_dynamic: the batch the model is stuck at
     weights: Weights = field(default_factory=dict)   # the placeholders' values (split_weights)
+    keep_deployed: bool = False      # canonicalize(deployed=True)
+    deployed: onnx.ModelProto | None = None   # formats.keep_deployed_forward: the model as loaded
 
 
 Pass = Callable[[Canonicalization], None]   # rewrites state.model (in place, or replaces it)
@@ -609,6 +614,7 @@ PASSES: tuple[Pass, ...] = (
     check_runtime_loads,
     convert_opset,
     name_nodes,   # again: the opset converter's adapters add unnamed nodes (Shape, Reshape)
+    formats.keep_deployed_forward,   # before any pass rewrites the model's own nodes
     contrib_ops.standard_contrib_ops,   # after convert_opset: writes ops of the final opset
     constants_to_initializers,
     formats.float32_image_input,
@@ -621,19 +627,21 @@ PASSES: tuple[Pass, ...] = (
 
 
 def canonicalize(source: ModelSource, layout: str = "NCHW", output: str | None = None,
-                 apart: bool = False) -> CanonicalModel:
+                 apart: bool = False, deployed: bool = False) -> CanonicalModel:
     """The canonical form of a model (see the module docstring): loaded, repaired, then
     rewritten by PASSES in order and checked. `layout`: the image input's, "NCHW" or "NHWC";
     `output`: the graph output to explain (default: see `choose_output`). `apart`: the large
     initializers stay out of the model from the load on (placeholders; their values in
-    `weights`, one copy), else the model holds them all."""
+    `weights`, one copy), else the model holds them all. `deployed`: a model in a deployed
+    format keeps its own forward pass as loaded (`CanonicalModel.deployed`)."""
     if layout not in ("NCHW", "NHWC"):
         raise ModelLoadError(f"layout must be 'NCHW' or 'NHWC', not {layout!r}.")
     model, used_external = _load(source)
     weights: Weights = {}
     if apart:
         model, weights = split_weights(model)   # the loaded copy is freed when `model` moves on
-    state = Canonicalization(repair(model), layout, output, weights=weights)
+    state = Canonicalization(repair(model), layout, output, weights=weights,
+                             keep_deployed=deployed)
     del model
     for run_pass in PASSES:
         run_pass(state)   # called from here: their warnings point at canonicalize's caller
@@ -641,11 +649,14 @@ def canonicalize(source: ModelSource, layout: str = "NCHW", output: str | None =
     if apart:   # new large constants (folded, from Constant nodes) apart too; the dead dropped
         state.model, weights = split_weights(state.model, state.weights)
         kept = {t.name for t in state.model.graph.initializer if is_placeholder(t)}
+        if state.deployed is not None:   # its weights too, the ones it shares held once
+            state.deployed, weights = split_weights(state.deployed, weights)
+            kept |= {t.name for t in state.deployed.graph.initializer if is_placeholder(t)}
         state.weights = {name: weights[name] for name in kept}
     elif state.weights:
         state.model = join_weights(state.model, state.weights)
     return CanonicalModel(state.model, state.input_name, state.output_name, state.fixed_batch,
-                          state.original_output, state.weights, used_external)
+                          state.original_output, state.weights, used_external, state.deployed)
 
 
 # --- the postcondition ------------------------------------------------------------------------

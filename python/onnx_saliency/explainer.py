@@ -4,6 +4,10 @@
                                         └─► each method's walk (shared where equal)
                                              └─► head per (method, layer) ─► resize ─► maps
 
+A model in a deployed format (float16, quantized: formats.deployed_format) returns the logits
+of its own forward pass as loaded, a second forward beside the canonical one the walks read
+(formats.deployed_forward); its top-1 is the target −1 stands for.
+
 The assembly knows no method: each names its walk (`Method.walk`) and its head.
 """
 
@@ -23,6 +27,7 @@ from .backward.rules import GRADIENT
 from .backward.walk import Seeds, Signals, TableWalk, Walk
 from .canonical import (BATCH, CanonicalModel, ModelSource, canonicalize, remove_dead_code,
                         set_batch)
+from . import formats
 from . import fused as fused_ops
 from . import meta
 from .combine import combination
@@ -47,16 +52,20 @@ class MapRequest:
     view: LayerView = NCHW   # how the head reads it as [N, C, h, w] (token layers, NHWC)
 
 
-def one_hot_seed(b: GraphBuilder, index: GraphIndex, logits: str) -> Seeds:
+def one_hot_seed(b: GraphBuilder, index: GraphIndex, logits: str, shown: str | None = None
+                 ) -> Seeds:
     """{logits: one-hot of the target}, broadcast over space (today's target; walk.Target).
 
-    target −1 is the image's top-1; any other value outside [0, K) is refused twice: it is
-    mapped to K and passed through Gather(range(K), ·), an index out of bounds that ONNX Runtime's
-    CPU provider raises as an error; and, for runtimes that do not check Gather's indices (ORT's
-    CUDA provider, OpenVINO), that image's seed is NaN, so its maps are NaN and its `finite`
-    output false: never a one-hot of zeros, of class 0, or a silent top-1."""
+    target −1 is the image's top-1, read from `shown` (the logits the explainer returns where
+    they are not `logits` itself: a deployed model's own, of the same shape); any other value
+    outside [0, K) is refused twice: it is mapped to K and passed through Gather(range(K), ·),
+    an index out of bounds that ONNX Runtime's CPU provider raises as an error; and, for
+    runtimes that do not check Gather's indices (ORT's CUDA provider, OpenVINO), that image's
+    seed is NaN, so its maps are NaN and its `finite` output false: never a one-hot of zeros,
+    of class 0, or a silent top-1."""
     rank = index.rank(logits) or 2
-    scores = logits if rank == 2 else b.reduce("ReduceSum", logits, list(range(2, rank)), False)
+    shown = shown or logits
+    scores = shown if rank == 2 else b.reduce("ReduceSum", shown, list(range(2, rank)), False)
     top1 = b.op("ArgMax", scores, axis=1, keepdims=0)
     classes = (index.shapes.get(logits) or (None, None))[1]
     depth = b.ints([classes]) if isinstance(classes, int) else b.shape(logits, 1, 2)
@@ -76,6 +85,19 @@ def one_hot_seed(b: GraphBuilder, index: GraphIndex, logits: str) -> Seeds:
     return {logits: b.op("Expand", over_space, b.shape_of(logits, logits, 1))}
 
 
+def _rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Tensor `old` of `graph` (made by a node) called `new`: its producer, readers, graph
+    output and value_info."""
+    for node in graph.node:
+        for field in (node.input, node.output):
+            for i, name in enumerate(field):
+                if name == old:
+                    field[i] = new
+    for value in [*graph.output, *graph.value_info]:
+        if value.name == old:
+            value.name = new
+
+
 def _index(model: onnx.ModelProto, weights: Weights) -> GraphIndex:
     """A GraphIndex over `model` that reads its placeholders' values from `weights` (kept apart
     from the model: runtime.split_weights), without copying them."""
@@ -86,12 +108,22 @@ def _index(model: onnx.ModelProto, weights: Weights) -> GraphIndex:
 
 class _Assembly:
     """Builds one explainer ModelProto from a canonical model (whose weights may be kept
-    apart: the explainer graph then names them by placeholders too)."""
+    apart: the explainer graph then names them by placeholders too). A deployed model's own
+    forward (`canon.deployed`) makes the logits output: the canonical forward's logits are
+    renamed `osal/forward/<logits>` for the walks, and `finish` merges the deployed forward in."""
 
     def __init__(self, canon: CanonicalModel, fused: bool = False, meta_lr: float | None = None):
         self.canon = canon
         self.model = onnx.ModelProto()
         self.model.CopyFrom(canon.model)
+        self.shown = canon.output_name   # the logits output (a deployed model's own forward's)
+        forward_logits = canon.output_name
+        self.deployed = canon.deployed if canon.output_name in {
+            o for n in canon.model.graph.node for o in n.output} else None
+        if self.deployed is not None:
+            forward_logits = f"osal/forward/{canon.output_name}"
+            _rename_tensor(self.model.graph, canon.output_name, forward_logits)
+        self.aliases: Weights = {}   # the deployed forward's placeholders under their new names
         self.per_image = meta_lr is not None      # meta: built for one image, Scan over the batch
         if self.per_image:
             if canon.fixed_batch not in (None, 1):
@@ -103,8 +135,9 @@ class _Assembly:
         self.b = GraphBuilder(self.index, fused=fused)
         if TARGET in self.index.producer or TARGET in self.index.graph_inputs:
             raise ModelError(f"The model already has a tensor named '{TARGET}'.")
-        self.seeds = one_hot_seed(self.b, self.index, canon.output_name)
-        self.logits = canon.output_name
+        self._know_shown(forward_logits)
+        self.seeds = one_hot_seed(self.b, self.index, forward_logits, self.shown)
+        self.logits = forward_logits
         self.tensor = {}   # tapped tensor -> the tensor the methods read (the stepped copy's)
         if meta_lr is not None:
             self._meta_step(meta_lr, fused)
@@ -120,6 +153,15 @@ class _Assembly:
         self.seeds = {self.read(t): s for t, s in self.seeds.items()}
         self.index = _index(self.model, self.canon.weights)
         self.b = GraphBuilder(self.index, fused=fused)
+        self._know_shown(f"osal/forward/{self.shown}")
+
+    def _know_shown(self, forward_logits: str) -> None:
+        """The deployed forward's logits (merged in by `finish`) typed and shaped in the index
+        as the canonical forward's."""
+        if self.deployed is not None:
+            for table in (self.index.types, self.index.shapes):
+                if forward_logits in table:
+                    table[self.shown] = table[forward_logits]
 
     def _commit(self) -> None:
         """The builder's forward edits, nodes and constants into the model (`finish` does the
@@ -155,10 +197,24 @@ class _Assembly:
         if clashes:
             raise ModelError(f"The model already has a tensor named '{clashes[0]}', the name of "
                              "an explainer output; rename it in the model.")
-        if finite:
-            logits = [(self.logits, self.index.rank(self.logits) or 2)] if keep_logits else []
-            flag = self.finite_flag([(t, rank) for _, t, rank in outputs] + logits)
         graph = self.model.graph
+        if self.deployed is not None and keep_logits:
+            feed = formats.image_feed(self.model, self.canon.input_name)
+            nodes, inits, self.aliases = formats.deployed_forward(
+                self.deployed, feed, self.shown, self.canon.weights,
+                dynamic=self.canon.fixed_batch is None)
+            # right after the image feed: before every reader of the logits (meta's committed
+            # nodes read them already)
+            at = next((i + 1 for i, n in enumerate(graph.node) if feed in n.output), 0)
+            forward = list(graph.node)
+            del graph.node[:]
+            graph.node.extend(forward[:at] + nodes + forward[at:])
+            graph.initializer.extend(inits)
+            graph.output[0].name = self.shown
+        if finite:
+            shown = self.shown if self.deployed is not None else self.logits
+            logits = [(shown, self.index.rank(shown) or 2)] if keep_logits else []
+            flag = self.finite_flag([(t, rank) for _, t, rank in outputs] + logits)
         self.b.apply_forward_edits(graph)
         graph.initializer.extend(self.b.initializers)   # after finite_flag: it adds constants
         nodes = interleave_early(graph, copy_fused_sum_operands(graph, self.b.nodes, self.index))
@@ -232,7 +288,11 @@ class Explainer:
     Float16 models run their forward in float16 and their backward in float32: maps are
     float32, and a float16 image input takes float32 images (a Cast in the graph). Quantized
     models (QDQ, QOperator, dynamic) keep their integer forward; their maps are the
-    straight-through gradients of the dequantized model (backward/rules/quantized.py).
+    straight-through gradients of the dequantized model (backward/rules/quantized.py). The
+    logits of these deployed formats are the model's own, bit for bit: the graph runs the
+    model's forward pass as loaded (its nodes, read by the logits output alone, so ONNX Runtime
+    optimises them as in the bare model) beside the canonical forward the backward reads; one
+    more forward pass, for these formats only. Target −1 is the top-1 of those logits.
     `output`: the name of the model output to explain; default the only output, or the logits
     where the outputs are the logits and their (Log)Softmax; other multi-output models must
     name one. The seed sits on the chosen output's pre-softmax logits.
@@ -250,7 +310,7 @@ class Explainer:
                  weights: str | Sequence[float] = "uniform", meta: bool = False,
                  meta_lr: float = 2.5e-3, layout: str = "NCHW", output: str | None = None):
         # the weights once, apart from the graphs (not for meta: its Scan body holds them)
-        self._canon = canonicalize(model, layout, output, apart=not meta)
+        self._canon = canonicalize(model, layout, output, apart=not meta, deployed=True)
         if not np.isfinite(meta_lr) or meta_lr < 0:
             raise MethodError(f"meta_lr must be a non-negative number, not {meta_lr!r}.")
         self.meta, self.meta_lr = bool(meta), float(meta_lr)
@@ -349,8 +409,9 @@ class Explainer:
                     "onnx_saliency.fused": fused,
                     "onnx_saliency.meta_lr": self.meta_lr if self.meta else None}
         model = asm.finish(outputs, keep_logits=True, metadata=metadata, finite=True)
+        weights = {**self._canon.weights, **asm.aliases}
         del asm   # its builder holds copies of the new constants
-        return split_weights(model, dict(self._canon.weights))
+        return split_weights(model, weights)
 
     # -- running ----------------------------------------------------------------------------
     @property
@@ -364,7 +425,10 @@ class Explainer:
         """The canonical model, self-contained: a copy holding the weights (the explainer
         keeps one copy of them, apart from its graphs)."""
         c = self._canon
-        return replace(c, model=join_weights(c.model, c.weights), weights={}) if c.weights else c
+        if not c.weights:
+            return c
+        deployed = join_weights(c.deployed, c.weights) if c.deployed is not None else None
+        return replace(c, model=join_weights(c.model, c.weights), weights={}, deployed=deployed)
 
     @property
     def model(self) -> onnx.ModelProto:
