@@ -42,7 +42,7 @@ TOL = 1e-4
 TARGETS = [3, 711]
 
 # image size and builder arguments where 64 px does not fit the architecture
-SIZES = {"inception_v3": 96, "maxvit_t": 224, "alexnet": 224}
+SIZES = {"inception_v3": 96, "maxvit_t": 224, "alexnet": 224, "vit_h_14": 56}
 KWARGS = {"vit_b_16": {"image_size": 64}, "vit_l_16": {"image_size": 64},
           "vit_b_32": {"image_size": 64}, "vit_l_32": {"image_size": 64},
           "vit_h_14": {"image_size": 56}, "googlenet": {"aux_logits": False, "init_weights": True},
