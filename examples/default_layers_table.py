@@ -1,4 +1,4 @@
-"""Print the README's table of default layers: `onnx_saliency.default_layers` on torchvision
+"""Print docs/methods.md's table of default layers: `onnx_saliency.default_layers` on torchvision
 architectures exported at 224 px (random weights; the names do not depend on them).
 
     python examples/default_layers_table.py      # needs the `test` extra (torch, torchvision)

@@ -1,5 +1,5 @@
 """Excitation backprop against its probabilistic properties and a clean PyTorch reference of the
-equations in METHODS.md §1 (tolerance 1e-4 of the map's peak; the reference is pinned to the ORT
+equations in docs/methods.md §1 (tolerance 1e-4 of the map's peak; the reference is pinned to the ORT
 graph's MaxPool argmaxes and ReLU zeros, conftest.pinned_decisions)."""
 
 from __future__ import annotations
@@ -162,8 +162,8 @@ def test_ebp_default_layer_is_resnet_layer3(tmp_path):
     assert osal.Explainer(path, methods=["ebp", "cebp"]).map_names == ["ebp@layer3", "cebp@layer3"]
 
 
-# (architecture, Grad-CAM/NormGrad default, EBP default, normgrad_conv default): the README's
-# table; VGG at 64 px classifies the feature map directly (conftest), its features are the same
+# (architecture, Grad-CAM/NormGrad default, EBP default, normgrad_conv default): the table in
+# docs/methods.md §1; VGG at 64 px classifies the feature map directly (conftest), its features are the same
 DEFAULTS = [
     ("resnet18", "layer4", "layer3", "layer4.1.conv2"),
     ("vgg11", "features.19", "features.15", "features.18"),

@@ -82,7 +82,7 @@ def test_normgrad_rejects_bad_input_without_crashing():
 # -- RectifiedConvTranspose ----------------------------------------------------------------
 
 def _rct_reference(g, z, a, kernel, strides, pads, dilations, group, eps=1e-10):
-    """TSGB-Conv backward by explicit window loops in float64 NumPy (METHODS.md §5)."""
+    """TSGB-Conv backward by explicit window loops in float64 NumPy (docs/methods.md §5)."""
     n, c, h, w = a.shape
     k_out, ho, wo = g.shape[1:]
     s = (g.astype(np.float64) * z).reshape(n, group, k_out // group, ho, wo).sum(2)

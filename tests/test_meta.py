@@ -1,4 +1,4 @@
-"""Meta-saliency (METHODS.md §4) against a PyTorch reference: a deep copy of the model takes one
+"""Meta-saliency (docs/methods.md §4) against a PyTorch reference: a deep copy of the model takes one
 SGD step on CE(f(x), c) in eval mode, then the method runs on the copy (tolerance 1e-4 of the
 map's peak). BatchNormalization is kept in the export, so both sides step the same parameters.
 

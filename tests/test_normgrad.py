@@ -201,7 +201,7 @@ def test_combination_sum_product_and_one_hot_weights(tmp_path):
 
 
 def test_stage_layer_sets(torchvision_model):
-    """layers="stages" (METHODS.md §2): ResNets layer1–layer4, VGGs the input of each of their
+    """layers="stages" (docs/methods.md §2): ResNets layer1–layer4, VGGs the input of each of their
     five MaxPools (checked against the torch module), other networks refused."""
     import torch
     path, _ = torchvision_model("resnet18", 64)

@@ -1,4 +1,4 @@
-"""Guided backprop and deconvnet rectify at every ReLU-like unit (METHODS.md §1; the rules in
+"""Guided backprop and deconvnet rectify at every ReLU-like unit (docs/methods.md §1; the rules in
 backward/rules/activations.py): Relu, LeakyRelu, PRelu and Clip with min 0 (ReLU6), not only at
 Relu nodes; other units keep their true gradient; a model with nothing to rectify warns.
 

@@ -68,7 +68,7 @@ def _captum_input(method_cls, model, x, **kw):
 # Captum rectifies at nn.ReLU modules only: densenet121 ends in a functional F.relu its hooks
 # cannot reach, and mobilenet_v2's nn.ReLU6 (Clip(0, 6)), which onnx-saliency rectifies as a
 # ReLU-like unit, is not rectified by Captum; tests/test_relu_like.py checks mobilenet_v2
-# against a reference that rectifies ReLU6 as METHODS.md's guided backprop and deconvnet do.
+# against a reference that rectifies ReLU6 as docs/methods.md's guided backprop and deconvnet do.
 RECTIFIED = [m for m in MODELS if m[0] not in ("densenet121", "mobilenet_v2")]
 
 

@@ -1,4 +1,4 @@
-"""TSGB (METHODS.md §5) against its identities and a clean PyTorch reference of its equations.
+"""TSGB (docs/methods.md §5) against its identities and a clean PyTorch reference of its equations.
 
 Tolerances: conservation sums 1e-4 of the relevance mass Σ|ĝ_z ⊙ z| (with γ = 1 the totals
 themselves nearly cancel, so a relative error of the sum would measure float noise); maps vs the PyTorch reference 1e-3 of the map's
@@ -137,7 +137,7 @@ def test_tsgb_fc_sum_identity(gamma, tmp_path):
 
 def _torch_tsgb(model, x, target, pins, gamma=1.0):
     """TSGB in PyTorch: conv2d, batch_norm and the last linear get autograd Functions whose
-    backward is the TSGB rule (written from METHODS.md §5); everything else is autograd, with
+    backward is the TSGB rule (written from docs/methods.md §5); everything else is autograd, with
     the ReLUs and MaxPools pinned to `pins` (ORT's decisions)."""
     import torch
     import torch.nn.functional as F

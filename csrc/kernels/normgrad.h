@@ -1,4 +1,4 @@
-// NormGrad: per-location weight-gradient norms (METHODS.md §1), plain C++ over pointers.
+// NormGrad: per-location weight-gradient norms (docs/methods.md §1), plain C++ over pointers.
 //
 // Inputs (NCHW, float32, contiguous):
 //   g  [N, K, Ho, Wo]  backward signal at the layer's output

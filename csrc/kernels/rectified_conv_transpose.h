@@ -1,4 +1,4 @@
-// RectifiedConvTranspose: the TSGB-Conv backward of a convolution, fused in one op (METHODS.md §5).
+// RectifiedConvTranspose: the TSGB-Conv backward of a convolution, fused in one op (docs/methods.md §5).
 //
 // Inputs (NCHW, float32, contiguous):
 //   g  [N, K, Ho, Wo]  modified backward signal at the conv's output (ĝ_z)

@@ -1,4 +1,4 @@
-"""Multi-layer combination (METHODS.md §2), inside the explainer graph.
+"""Multi-layer combination (docs/methods.md §2), inside the explainer graph.
 
 Per layer: M_l = minmax(resize(S_l)) over each image's whole map (a constant map gives 0, no
 division by zero). Sum rule M = Σ_l w̃_l M_l; product rule M = Π_l M_l^{w̃_l}; w̃ = w / Σ w.

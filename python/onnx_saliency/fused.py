@@ -14,7 +14,7 @@ NormGrad(g, a; mode, kernel_shape, strides, pads, dilations) -> [N,1,Ho,Wo]
     conv:      ‖g_v‖·‖P_k(a)_v‖     = ReduceL2(g) · sqrt(Conv(ReduceSumSquare(a), ones_k))
 RectifiedConvTranspose(g, z, a; kernel_shape, strides, pads, dilations, group, epsilon) -> like a
     per group j: S = Σ_{k∈j} g⊙z, D = Conv(Σ_{c∈j}|a|, ones_k), out = sign(a) ⊙
-    ConvTranspose(S / (D + ε), ones_k) cropped to a's size (the TSGB-Conv rule, METHODS.md §5).
+    ConvTranspose(S / (D + ε), ones_k) cropped to a's size (the TSGB-Conv rule, docs/methods.md §5).
     The TSGB rules use it for grouped and depthwise convs; with groups = 1 they build the rule
     from one-channel maps in standard ops instead (rules/tsgb.py), faster in ONNX Runtime.
 MaxPoolGradient(x, g; kernel_shape, strides, pads, dilations) -> like x

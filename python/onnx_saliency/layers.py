@@ -9,7 +9,7 @@ A module path names the output of the last node (in graph order) inside that mod
 Also the layers a method taps when none is named: the general choice (`default_layer`), the
 families where the papers fix layers (`architecture`) and their stage sets (`stage_layers`).
 
-Layer views (METHODS.md §8, token layers): a layer method's head reads an [N, C, h, w] tensor.
+Layer views (docs/methods.md §8, token layers): a layer method's head reads an [N, C, h, w] tensor.
 A vision transformer's token tensor [N, E + h·w, C] (E extra tokens first: class, distillation,
 registers) and a channels-last stage output [N, h, w, C] (torchvision's Swin) are read through a
 `LayerView` that drops the extra tokens and transposes/reshapes to [N, C, h, w] with standard ONNX
@@ -212,7 +212,7 @@ def vgg_pools(names: LayerNames) -> list:
 
 
 def stage_layers(names: LayerNames) -> list[str]:
-    """The last layer of each stage, the layer sets of multi-layer maps (METHODS.md §2):
+    """The last layer of each stage, the layer sets of multi-layer maps (docs/methods.md §2):
     ResNets layer1–layer4; VGGs the input of each of their five MaxPools (VGG16 features.3, 8,
     15, 22, 29: relu1_2 … relu5_3). Other networks have no agreed set: LayerNotFoundError."""
     family = architecture(names)

@@ -1,4 +1,4 @@
-"""Meta-saliency (METHODS.md §4), inside the explainer graph.
+"""Meta-saliency (docs/methods.md §4), inside the explainer graph.
 
 One plain SGD step on every parameter towards the explained class c, then the base method on the
 stepped model, in ONE graph:

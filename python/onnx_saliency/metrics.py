@@ -1,6 +1,6 @@
 """Evaluation metrics of saliency maps: class sensitivity, pointing game, deletion/insertion.
 
-class_sensitivity (METHODS.md §3): p = softmax(f(x)); c_max = argmax p, c_min = argmin p;
+class_sensitivity (docs/methods.md §3): p = softmax(f(x)); c_max = argmax p, c_min = argmin p;
 ρ = Spearman rank correlation over all pixels between S_{c_max} + 1e-6 and S_{c_min} + 1e-6
 (signed maps at input resolution). Reported per image and as mean ± std over the set, NaN
 (e.g. a constant map) ignored. Lower = more class-sensitive.

@@ -1,11 +1,11 @@
-"""Excitation backprop (METHODS.md §1): the EBP rule table, map Σ_c p at the layer.
+"""Excitation backprop (docs/methods.md §1): the EBP rule table, map Σ_c p at the layer.
 
 ebp:  p from the seeds (the walk of rules/ebp.py), map Σ_c p.
 cebp: contrastive (ContrastiveWalk): p⁺ from the classifier, p⁻ from the classifier with
       negated weights, both to the contrast layer (the last fully-connected layer's input: VGG16
       relu7, ResNet50's pooled layer4), their difference p⁺ − p⁻ walked on to the layer with the
       EBP rules; map ReLU(Σ_c p).
-Default layers (METHODS.md): VGG16 features.23 (pool4), ResNet50 layer3, and the same stage in
+Default layers (docs/methods.md §1): VGG16 features.23 (pool4), ResNet50 layer3, and the same stage in
 the other VGGs and ResNets; other networks: the general default (the last spatial tensor before
 the classifier's global pooling).
 """

@@ -1,4 +1,4 @@
-"""Grad-CAM (METHODS.md §1): M_u = ReLU(Σ_c x_{c,u} · ḡ_c), ḡ_c the spatial mean of g_c."""
+"""Grad-CAM (docs/methods.md §1): M_u = ReLU(Σ_c x_{c,u} · ḡ_c), ḡ_c the spatial mean of g_c."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The gradient family (METHODS.md §1): one backward rule each, then a channel aggregation.
+"""The gradient family (docs/methods.md §1): one backward rule each, then a channel aggregation.
 
 gradient:         g = ∂y_t/∂x (true gradient), map max_c |g|   (the "bias" extraction)
 gradient_sum:     Σ_c g

@@ -1,4 +1,4 @@
-"""NormGrad and the extraction framework of "There and Back Again" (METHODS.md §1).
+"""NormGrad and the extraction framework of "There and Back Again" (docs/methods.md §1).
 
 A virtual parametric layer is inserted at the tapped tensor x; its per-location parameter gradient
 is read off and aggregated over its entries:

@@ -1,4 +1,4 @@
-"""TSGB (METHODS.md §5): the TSGB rule table, then M = Σ_c x ⊙ ĝ_x (signed relevance).
+"""TSGB (docs/methods.md §5): the TSGB rule table, then M = Σ_c x ⊙ ĝ_x (signed relevance).
 
 At the input (default) x is the image; `tsgb@<layer>` reads the relevance at that layer.
 `normalize=True` gives the display form max(M, 0) / max|M| per image.

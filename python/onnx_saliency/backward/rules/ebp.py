@@ -1,4 +1,4 @@
-"""Excitation backprop (METHODS.md §1): a probabilistic winner-take-all signal p.
+"""Excitation backprop (docs/methods.md §1): a probabilistic winner-take-all signal p.
 
 At every linear op f with non-negative weights W⁺ = max(W, 0), bias ignored:
     p_in = x ⊙ f*(W⁺, p_out ⊘ f(x, W⁺))         (f* = the transpose: ConvTranspose / W⁺ᵀ)

@@ -1,4 +1,4 @@
-"""TSGB: target-selective gradient backprop (METHODS.md §5), as rules of the backward walk.
+"""TSGB: target-selective gradient backprop (docs/methods.md §5), as rules of the backward walk.
 
 Conv (TSGB-Conv): ĝ_a = sign(a) ⊙ ConvTranspose(S / (D + ε), ones) per group, S = Σ_k ĝ_z ⊙ z,
     D = box-sum of Σ_c |a|. The weights enter only through z; conservation Σ a ⊙ ĝ_a = Σ ĝ_z ⊙ z
