@@ -130,9 +130,9 @@ def test_overlays_and_grid_are_pictures_of_the_right_size(tmp_path):
     maps = {"gradient": rng.standard_normal((30, 40)), "gradcam@layer4": np.zeros((30, 40))}
     viz.save_overlay(tmp_path / "o.png", image, maps["gradient"], colorbar=True)
     with Image.open(tmp_path / "o.png") as im:
-        assert im.format == "PNG" and im.size == (40 + viz.BAR_WIDTH + 4, 30)
+        assert im.format == "PNG" and im.size == (40 + viz.BAR_AREA, 30)   # the bar, its ticks
     picture = viz.grid(image, maps, columns=2)
-    assert picture.size == (2 * 40 + viz.BAR_WIDTH + 4, 2 * (30 + 14))
+    assert picture.size == (2 * 40 + viz.BAR_AREA, 2 * (30 + viz.LABEL_H))
     plain = np.asarray(viz.overlay(image, maps["gradient"], alpha=0.0))
     np.testing.assert_array_equal(plain, image)          # alpha 0 leaves the image untouched
 
@@ -141,13 +141,16 @@ def test_cli_demo_explain_and_usage_errors(tmp_path, capsys):
     import json
 
     from PIL import Image
+
+    from onnx_saliency import viz
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
     index = json.loads((tmp_path / "demo" / "maps.json").read_text())
     assert len(index["maps"]) == 4
     for entry in index["maps"]:
         assert np.load(tmp_path / "demo" / entry["npy"]).shape == (48, 192)
         with Image.open(tmp_path / "demo" / entry["png"]) as im:
-            assert im.format == "PNG" and im.size[1] == 48
+            # the photo's resolution, enlarged 3x (long side >= viz.MIN_LONG_SIDE), bar, caption
+            assert im.format == "PNG" and im.size == (3 * 192 + viz.BAR_AREA, 3 * 48 + viz.CAPTION_H)
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 0    # again: replaces its own maps
     again = json.loads((tmp_path / "demo" / "maps.json").read_text())
     assert [e["npy"] for e in again["maps"]] == [e["npy"] for e in index["maps"]]

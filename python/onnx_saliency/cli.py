@@ -9,8 +9,11 @@ one line too (`onnx-saliency: warning: ...`).
 
 Preprocessing for `explain`: --mean/--std/--size flags, else the model's metadata
 (`onnx_saliency.mean`, `onnx_saliency.std` as JSON lists, `onnx_saliency.size` as [H, W]), else the
---preset (default imagenet). Class labels for --target LABEL: --labels FILE (one per line), else
-the metadata key `onnx_saliency.labels` (a JSON list).
+--preset (default imagenet); how photos are fitted to that size: --resize, else the metadata's
+`onnx_saliency.resize`, else crop (viz.py). Class labels (for --target LABEL and the captions):
+--labels FILE (one per line) or --labels imagenet (the 1,000 built-in names), else the metadata key
+`onnx_saliency.labels` (a JSON list). Overlays are drawn at each photo's resolution, captioned;
+--report HTML also writes a self-contained page of the run (report.py).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import warnings
 from contextlib import contextmanager
 from importlib import resources
@@ -25,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import Explainer, default_layers
+from . import Explainer, default_layers, viz
 from .combine import COMBINATIONS
 from .errors import LayerNotFoundError, SaliencyError
 from .methods import REGISTRY
@@ -49,15 +53,18 @@ class UnreadableImage(Exception):
     """An image file Pillow cannot read: `explain` skips it."""
 
 
-def _load_image(path: Path, size: tuple[int, int], channels: int = 3):
-    """(RGB [H,W,3] for the overlay, the model's [H,W,channels]: RGB, or "L" for 1 channel)."""
+def _load_image(path: Path, size: tuple[int, int], channels: int = 3,
+                resize: str = viz.DEFAULT_RESIZE, fill=(0, 0, 0)):
+    """(the photo as RGB [h,w,3] at its own resolution, for the overlay; the model's
+    [H,W,channels], RGB or "L" for 1 channel, fitted by `resize` (viz.fit_image); the Fit)."""
     from PIL import Image
 
     try:
         with Image.open(path) as img:
-            rgb = img.convert("RGB").resize((size[1], size[0]), Image.BILINEAR)
-            x = rgb if channels == 3 else img.convert("L").resize(rgb.size, Image.BILINEAR)
-            return np.asarray(rgb), np.asarray(x).reshape(size[0], size[1], channels)
+            photo = img.convert("RGB")
+            fitted, fit = viz.fit_image(photo if channels == 3 else img.convert("L"), size,
+                                        resize, fill)
+            return np.asarray(photo), np.asarray(fitted).reshape(size[0], size[1], channels), fit
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
         raise UnreadableImage(f"'{path}' ({' '.join(str(exc).split())})") from None   # one line
 
@@ -139,9 +146,10 @@ def _norm(values, default, channels: int, flag: str) -> np.ndarray:
 
 def _explain(model, files, methods, layers, target, out: Path, size, preset, batch_size,
              providers=None, mean=None, std=None, labels=None, layout="NCHW", options=None,
-             overwrite=False, channels=None) -> int:
+             overwrite=False, channels=None, resize=None, report=None) -> int:
     from .canonical import load_model
 
+    started = time.perf_counter()
     earlier_maps(out, overwrite)    # refuse before building the model (checked again when locked)
     proto = load_model(model)        # read once: metadata here, the graph for the Explainer
     _check_layout(proto, layout)
@@ -162,20 +170,36 @@ def _explain(model, files, methods, layers, target, out: Path, size, preset, bat
     std = _norm(std, meta.get("std") or PRESETS[preset][1], channels, "--std")
     size = size or meta.get("size")
     h, w = size if size else [d if isinstance(d, int) else 224 for d in ex.input_shape[2:]]
+    resize = resize or meta.get("resize") or viz.DEFAULT_RESIZE
+    if resize not in viz.RESIZE_MODES:
+        raise UsageError(f"the model's metadata onnx_saliency.resize is '{resize}'; pass --resize "
+                         f"{'|'.join(viz.RESIZE_MODES)}")
+    fill = tuple(int(round(255 * float(v))) for v in np.broadcast_to(mean.ravel(), (3,)))
     stems = output_stems(files)
+    timing = {"load_s": time.perf_counter() - started, "explain_s": 0.0}
     with run_folder(out, str(model), overwrite) as run:
         progress = _progress(len(files))
         for start in range(0, len(files), batch_size):     # one batch in memory at a time
             chunk = list(zip(files[start:start + batch_size], stems[start:start + batch_size]))
-            batch = _readable(run, chunk, (h, w), channels)
+            batch = _readable(run, chunk, (h, w), channels, resize, fill)
             if batch:
-                _write_batch(run, ex, batch, cls_target, labels, (mean, std))
+                _write_batch(run, ex, batch, cls_target, labels, (mean, std), timing)
             progress.update(len(chunk))
         progress.close()
         if not run.maps:
             raise CommandError(f"none of the {len(files)} image(s) could be read")
+    timing["total_s"] = time.perf_counter() - started
+    if report:
+        from .report import write_report
+        write_report(Path(report), out, run, {
+            "model": str(model), "methods": list(methods),
+            "layers": list(layers) if layers else "the default per method", "maps": list(ex.map_names),
+            "input": f"{h}×{w}, --resize {resize}", "images": len(files) - len(run.skipped),
+            "batch_size": batch_size, **timing})
     skipped = f"; skipped {len(run.skipped)} unreadable (listed in {INDEX})" if run.skipped else ""
-    print(f"wrote {len(run.maps)} maps for {len(files) - len(run.skipped)} image(s) to {out}{skipped}")
+    also = f" and the report {report}" if report else ""
+    print(f"wrote {len(run.maps)} maps for {len(files) - len(run.skipped)} image(s) to {out}"
+          f"{also}{skipped}")
     return 1 if run.skipped else 0
 
 
@@ -189,34 +213,54 @@ def _layer_errors(build, model):
                          .replace("onnx_saliency.list_layers", hint)) from None
 
 
-def _readable(run: Run, chunk, size: tuple[int, int], channels: int = 3):
-    """(file, stem, RGB array, model array) for each image of `chunk` that can be read; the others
-    are skipped."""
+def _readable(run: Run, chunk, size: tuple[int, int], channels: int = 3,
+              resize: str = viz.DEFAULT_RESIZE, fill=(0, 0, 0)):
+    """(file, stem, RGB photo, model array, Fit) for each image of `chunk` that can be read; the
+    others are skipped."""
     batch = []
     for f, stem in chunk:
         try:
-            batch.append((f, stem, *_load_image(f, size, channels)))
+            batch.append((f, stem, *_load_image(f, size, channels, resize, fill)))
         except UnreadableImage as exc:
             run.skip(f, str(exc))
     return batch
 
 
-def _write_batch(run: Run, ex, batch, cls_target, labels, norm) -> None:
-    """Explain one batch and write its maps, then maps.json; SIGTERM waits for the writes."""
+def _probabilities(logits: np.ndarray) -> np.ndarray:
+    """Softmax of each row of logits; rows that already are probabilities (>= 0, summing to 1)
+    as they are."""
+    z = np.asarray(logits, np.float64).reshape(len(logits), -1)
+    if (z >= 0).all() and np.allclose(z.sum(1), 1, atol=1e-4):
+        return z
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def _write_batch(run: Run, ex, batch, cls_target, labels, norm, timing=None) -> None:
+    """Explain one batch and write its maps (overlays at each photo's resolution, captioned with
+    the class, its name and softmax probability), then maps.json; SIGTERM waits for the writes."""
     mean, std = norm
-    x = np.stack([(img.transpose(2, 0, 1) / 255.0 - mean) / std for _, _, _, img in batch])
+    x = np.stack([(img.transpose(2, 0, 1) / 255.0 - mean) / std for _, _, _, img, _ in batch])
+    began = time.perf_counter()
     result = ex.run(x.astype(np.float32), cls_target)
+    if timing is not None:
+        timing["explain_s"] += time.perf_counter() - began
     logits = result.pop("logits")
+    probs = _probabilities(logits)
     with SIGNALS.critical():
-        for i, (f, stem, rgb, _) in enumerate(batch):
+        for i, (f, stem, rgb, _, fit) in enumerate(batch):
             cls = int(logits[i].argmax()) if cls_target is None else cls_target
+            label = labels[cls] if labels and cls < len(labels) else None
             for key, maps in result.items():
                 entry = {"image": str(f), "method": key.split("@")[0],
                          "layer": key.split("@")[1] if "@" in key else None, "map": key,
-                         "target": cls, "score": float(logits[i, cls])}
-                if labels and cls < len(labels):
-                    entry["label"] = labels[cls]
-                run.add(stem, entry, rgb, maps[i])
+                         "target": cls, "score": float(logits[i, cls]),
+                         "probability": float(probs[i, cls]),
+                         "photo_box": list(fit.photo_box), "model_box": list(fit.model_box)}
+                if label is not None:
+                    entry["label"] = label
+                run.add(stem, entry, rgb, maps[i], fit,
+                        viz.caption_for(cls, entry["probability"], label, key))
         run.flush()
 
 
@@ -301,13 +345,32 @@ def _export(args) -> None:
           f"maps {', '.join(ex.map_names)}")
 
 
+def imagenet_labels() -> list[str]:
+    """The 1,000 ImageNet-1k class names in class-index order (data/imagenet_labels.txt)."""
+    text = (resources.files("onnx_saliency") / "data" / "imagenet_labels.txt").read_text("utf-8")
+    return text.splitlines()
+
+
+def _check_report_path(report: str | None) -> None:
+    if report is None:
+        return
+    path = Path(report)
+    if path.is_dir():
+        raise UsageError(f"--report '{report}' is a folder; give the path of the .html file to write")
+    if not path.parent.is_dir():
+        raise UsageError(f"--report '{report}': no such folder '{path.parent}'")
+
+
 def _explain_command(args) -> None:
     labels = None
-    if args.labels:
+    if args.labels == "imagenet" and not Path(args.labels).is_file():
+        labels = imagenet_labels()
+    elif args.labels:
         try:
             labels = [line.strip() for line in Path(args.labels).read_text().splitlines()]
         except OSError as exc:
             raise UsageError(f"cannot read labels file '{args.labels}': {exc}") from None
+    _check_report_path(args.report)
     if args.batch_size < 1 or (args.size and min(args.size) < 1):
         raise UsageError("--batch-size and --size must be positive")
     if any(v and len(v) not in (1, 3) for v in (args.mean, args.std)) or 0 in (args.std or []):
@@ -322,7 +385,8 @@ def _explain_command(args) -> None:
     return _explain(args.model, files, args.method or ["gradient"],
                     args.layer, args.target, out, args.size, args.preset,
                     args.batch_size, args.providers, args.mean, args.std, labels, args.layout,
-                    _explainer_options(args), args.overwrite, args.channels)
+                    _explainer_options(args), args.overwrite, args.channels, args.resize,
+                    args.report)
 
 
 def _check_model_path(model: str) -> None:
@@ -392,7 +456,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="layer for layer methods, repeatable ('stages': the stage set; "
                           "`onnx-saliency layers MODEL` lists the names)")
     exp.add_argument("--target", default="top1", help="'top1', a class index or a class label")
-    exp.add_argument("--labels", default=None, help="class labels file, one per line")
+    exp.add_argument("--labels", default=None, metavar="FILE|imagenet",
+                     help="class names for --target and the captions: a file (one per line), or "
+                          "'imagenet' for the 1,000 built-in ImageNet-1k names (default: the "
+                          "model's metadata onnx_saliency.labels, if any)")
     exp.add_argument("--layout", choices=["NCHW", "NHWC"], default="NCHW",
                      help="the model's input layout (images are given to it in that layout)")
     exp.add_argument("--channels", type=int, choices=[1, 3], default=None,
@@ -405,7 +472,20 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", default="saliency_out", help="output folder (default: saliency_out)")
     exp.add_argument("--overwrite", **overwrite)
     exp.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                     help="resize images to H W (default: the metadata's, else the model's input)")
+                     help="the model's input size H W (default: the metadata's onnx_saliency.size, "
+                          "else the model's static input dims, else 224 224)")
+    exp.add_argument("--resize", choices=viz.RESIZE_MODES, default=None,
+                     help="how photos are fitted to that size: crop (resize the short side, "
+                          "centre-crop: torchvision's ImageNet convention without its 256/224 "
+                          "margin), pad (fit inside, fill "
+                          "with the mean colour) or squash (stretch); default: the metadata's "
+                          "onnx_saliency.resize, else crop. Overlays are drawn at each photo's own "
+                          "resolution with the map put back where the model saw it (small images "
+                          f"enlarged to {viz.MIN_LONG_SIDE} px); the .npy maps stay at the model's "
+                          "input size (maps.json gives each map's photo_box and model_box)")
+    exp.add_argument("--report", default=None, metavar="HTML",
+                     help="also write one self-contained HTML page: per image the prediction and "
+                          "its maps, and a table of the run")
     exp.add_argument("--preset", choices=sorted(PRESETS), default="imagenet",
                      help="normalisation preset when neither --mean/--std nor metadata give it "
                           "(default imagenet; averaged for a 1-channel model)")

@@ -24,7 +24,8 @@ import numpy as np
 INDEX = "maps.json"
 LOCK = ".onnx-saliency.lock"
 OUT_FOLDER_HELP = (
-    "Writes, per image and map, NAME.npy (the raw map) and NAME.png (an overlay with a colour bar), "
+    "Writes, per image and map, NAME.npy (the raw map, at the model's input size) and NAME.png (an "
+    "overlay at the photo's resolution with a colour bar and a caption: class, name, probability), "
     "and maps.json listing them. Each file is written beside its final name and renamed into "
     "place, and maps.json is rewritten after every batch and when SIGTERM or Ctrl-C stops the run: "
     "it lists exactly the complete maps on disk (after a SIGKILL the batch being written may be "
@@ -216,15 +217,19 @@ class Run:
         """Names this run must not write (files already in the folder)."""
         self._taken.update(names)
 
-    def add(self, stem: str, entry: dict, rgb: np.ndarray, saliency: np.ndarray) -> None:
-        from .viz import save_overlay
+    def add(self, stem: str, entry: dict, rgb: np.ndarray, saliency: np.ndarray, fit=None,
+            caption: str | None = None) -> None:
+        """Write the map's .npy (as given) and its overlay on the photo `rgb` (placed through the
+        viz.Fit `fit`, captioned), then list them."""
+        from .viz import MIN_LONG_SIDE, save_overlay
 
         key = re.sub(r"[^\w.-]", "_", entry["map"].replace("@", "_at_"))
         name = _unique(f"{stem}_{key}", self._taken)
         npy, png = self.folder / f"{name}.npy", self.folder / f"{name}.png"
         with atomic(npy) as npy_part, atomic(png) as png_part:
             np.save(npy_part, saliency)
-            save_overlay(png_part, rgb, saliency, colorbar=True)
+            save_overlay(png_part, rgb, saliency, colorbar=True, fit=fit, caption=caption,
+                         min_long_side=MIN_LONG_SIDE)
         self.maps.append({**entry, "npy": npy.name, "png": png.name})
 
     def skip(self, image: Path, reason: str) -> None:
