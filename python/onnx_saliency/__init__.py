@@ -6,10 +6,10 @@
     ex.save("explainer.onnx")          # runs in a bare onnxruntime.InferenceSession
 """
 
-from . import methods
+from . import methods, targets
 from .errors import (InputError, LayerNotFoundError, MethodError, ModelError, ModelLoadError,
                      SaliencyError, UnsupportedOpError)
-from .explainer import Explainer, backward_graph, default_layers, list_layers
+from .explainer import Explainer, backward_graph, default_layers, gradient, list_layers
 
 __version__ = "0.1.0"
 
@@ -20,6 +20,7 @@ def from_torch(module, example_input, methods=("gradient",), layers=None, **kwar
     from .torch_export import from_torch as _from_torch
     return _from_torch(module, example_input, methods, layers, **kwargs)
 
-__all__ = ["Explainer", "backward_graph", "default_layers", "from_torch", "list_layers", "methods", "SaliencyError",
+__all__ = ["Explainer", "backward_graph", "default_layers", "from_torch", "gradient", "list_layers",
+           "methods", "targets", "SaliencyError",
            "ModelLoadError", "UnsupportedOpError", "LayerNotFoundError", "InputError",
            "MethodError", "ModelError", "__version__"]

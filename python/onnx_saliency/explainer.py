@@ -1,8 +1,12 @@
 """The explainer graph: forward model + seed + reverse walks + extraction heads, in one ONNX model.
 
-    (image, target) ─► forward ─► logits ─► one-hot seed on target (−1: top-1)
+    (image, target inputs) ─► forward ─► logits ─► the target's seeds (targets.py; default
+                                                   Class: one-hot of `target`, −1: top-1)
                                         └─► each method's walk (shared where equal)
                                              └─► head per (method, layer) ─► resize ─► maps
+
+One graph per target kind (Class built up front; Region, Embedding, Cotangent on first use),
+sharing the weights; the target's data are graph inputs, recorded in the metadata.
 
 A model in a deployed format (float16, quantized: formats.deployed_format) returns the logits
 of its own forward pass as loaded, a second forward beside the canonical one the walks read
@@ -36,10 +40,12 @@ from .graph import GraphBuilder, GraphIndex
 from .schedule import copy_fused_sum_operands, interleave_early
 from .layers import NCHW, LayerNames, LayerView, default_layer, stage_layers
 from .methods.base import Method
-from .runtime import (TargetLike, Weights, check_images, check_targets, join_weights,
-                      make_session, run_session, save_model, split_weights)
+from .runtime import (TargetLike, Weights, check_images, join_weights, make_session,
+                      run_session, save_model, split_weights)
+from . import targets as targets_mod
+from .targets import Target
 
-TARGET = "target"
+TARGET = targets_mod.CLASS
 FINITE = "finite"   # bool [N] output: every map and logit of the image is finite
 STAGES = "stages"   # layers="stages": the paper's layer set for multi-layer maps
 
@@ -54,35 +60,11 @@ class MapRequest:
 
 def one_hot_seed(b: GraphBuilder, index: GraphIndex, logits: str, shown: str | None = None
                  ) -> Seeds:
-    """{logits: one-hot of the target}, broadcast over space (today's target; walk.Target).
-
-    target −1 is the image's top-1, read from `shown` (the logits the explainer returns where
-    they are not `logits` itself: a deployed model's own, of the same shape); any other value
-    outside [0, K) is refused twice: it is mapped to K and passed through Gather(range(K), ·),
-    an index out of bounds that ONNX Runtime's CPU provider raises as an error; and, for
-    runtimes that do not check Gather's indices (ORT's CUDA provider, OpenVINO), that image's
-    seed is NaN, so its maps are NaN and its `finite` output false: never a one-hot of zeros,
-    of class 0, or a silent top-1."""
-    rank = index.rank(logits) or 2
-    shown = shown or logits
-    scores = shown if rank == 2 else b.reduce("ReduceSum", shown, list(range(2, rank)), False)
-    top1 = b.op("ArgMax", scores, axis=1, keepdims=0)
-    classes = (index.shapes.get(logits) or (None, None))[1]
-    depth = b.ints([classes]) if isinstance(classes, int) else b.shape(logits, 1, 2)
-    k = b.op("Squeeze", depth, b.ints([0]))
-    top1_asked = b.op("Equal", TARGET, b.const(-1, np.int64))
-    in_range = b.op("And", b.op("GreaterOrEqual", TARGET, b.const(0, np.int64)),
-                    b.op("Less", TARGET, k))
-    valid = b.op("Or", top1_asked, in_range)
-    chosen = b.op("Where", top1_asked, top1, b.op("Where", in_range, TARGET, k))   # invalid: K
-    classes_range = b.op("Range", b.const(0, np.int64), k, b.const(1, np.int64))
-    target = b.op("Gather", classes_range, chosen, axis=0)
-    onehot = b.op("OneHot", target, depth, b.const([0.0, 1.0]), axis=-1)
-    onehot = b.op("Where", b.unsqueeze(valid, [1]), onehot, b.const(np.nan))
-    if rank == 2:
-        return {logits: onehot}
-    over_space = b.unsqueeze(onehot, list(range(2, rank)))
-    return {logits: b.op("Expand", over_space, b.shape_of(logits, logits, 1))}
+    """{logits: one-hot of the `target` input's class}, broadcast over space: the seeds of
+    targets.Class (see there; −1: the top-1 of `shown`, the logits the explainer returns where
+    they are not `logits` itself; any other value outside [0, K) fails the run, or, where the
+    runtime does not check Gather, gives that image NaN maps and `finite` false)."""
+    return targets_mod.Class().seeds(b, index, logits, shown or logits)
 
 
 def _rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
@@ -112,8 +94,10 @@ class _Assembly:
     forward (`canon.deployed`) makes the logits output: the canonical forward's logits are
     renamed `osal/forward/<logits>` for the walks, and `finish` merges the deployed forward in."""
 
-    def __init__(self, canon: CanonicalModel, fused: bool = False, meta_lr: float | None = None):
+    def __init__(self, canon: CanonicalModel, fused: bool = False, meta_lr: float | None = None,
+                 target: Target | None = None):
         self.canon = canon
+        self.target = target or targets_mod.Class()
         self.model = onnx.ModelProto()
         self.model.CopyFrom(canon.model)
         self.shown = canon.output_name   # the logits output (a deployed model's own forward's)
@@ -133,10 +117,13 @@ class _Assembly:
             set_batch(self.model, canon.input_name, 1)
         self.index = _index(self.model, canon.weights)
         self.b = GraphBuilder(self.index, fused=fused)
-        if TARGET in self.index.producer or TARGET in self.index.graph_inputs:
-            raise ModelError(f"The model already has a tensor named '{TARGET}'.")
+        self.target_inputs = self.target.inputs(self.index, forward_logits)
+        for spec in self.target_inputs:
+            if spec.name in self.index.producer or spec.name in self.index.graph_inputs:
+                raise ModelError(f"The model already has a tensor named '{spec.name}'.")
         self._know_shown(forward_logits)
-        self.seeds = one_hot_seed(self.b, self.index, forward_logits, self.shown)
+        self.seeds = self.target.seeds(self.b, self.index, forward_logits, self.shown)
+        self.target_metadata = self.target.describe(self.index, forward_logits)
         self.logits = forward_logits
         self.tensor = {}   # tapped tensor -> the tensor the methods read (the stepped copy's)
         if meta_lr is not None:
@@ -154,6 +141,8 @@ class _Assembly:
         self.index = _index(self.model, self.canon.weights)
         self.b = GraphBuilder(self.index, fused=fused)
         self._know_shown(f"osal/forward/{self.shown}")
+        if self.target.reads_output:   # a seed made of the output (Embedding): the stepped one's
+            self.seeds = self.target.seeds(self.b, self.index, self.logits, self.shown)
 
     def _know_shown(self, forward_logits: str) -> None:
         """The deployed forward's logits (merged in by `finish`) typed and shaped in the index
@@ -220,7 +209,7 @@ class _Assembly:
         nodes = interleave_early(graph, copy_fused_sum_operands(graph, self.b.nodes, self.index))
         del graph.node[:]
         graph.node.extend(nodes)
-        graph.input.append(helper.make_tensor_value_info(TARGET, TensorProto.INT64, [BATCH]))
+        graph.input.extend(spec.value_info() for spec in self.target_inputs)
         if not keep_logits:
             del graph.output[:]
         for name, tensor, rank in outputs:
@@ -232,6 +221,7 @@ class _Assembly:
             graph.output.append(helper.make_tensor_value_info(FINITE, TensorProto.BOOL, [BATCH]))
         for domain in self.b.custom_domains:
             self.model.opset_import.append(helper.make_opsetid(domain, 1))
+        metadata = {**(metadata or {}), "onnx_saliency.target": self.target_metadata}
         if metadata:
             for key, value in metadata.items():
                 self.model.metadata_props.append(
@@ -242,7 +232,7 @@ class _Assembly:
 
 
 def backward_graph(model: ModelSource, wrt: Sequence[str] | str, rule: str | Method = "gradient",
-                   output: str | None = None) -> onnx.ModelProto:
+                   output: str | None = None, target: Target | None = None) -> onnx.ModelProto:
     """A model (image, target) -> raw backward signal at each tensor in `wrt` (outputs named
     `grad:<name>` in the order given). `rule`: the method whose walk runs, by name (gradient,
     guided_backprop, deconvnet, tsgb, ebp, cebp, …) or as an object with options
@@ -250,10 +240,12 @@ def backward_graph(model: ModelSource, wrt: Sequence[str] | str, rule: str | Met
     method's modified signal for the others. `wrt` takes layer names, tensor names and, for the
     gradient, parameter names (conv/Gemm/MatMul weights and biases, BatchNormalization scale
     and bias, as named in the canonical model): their gradients summed over the batch.
-    `output`: the model output explained, as in `Explainer`."""
+    `output`: the model output explained, as in `Explainer`. `target`: a target object
+    (onnx_saliency.targets) whose kind the graph takes as inputs (its values are not used);
+    default Class: the input `target` int64 [N], as above."""
     canon = canonicalize(model, output=output)
     wrt = [wrt] if isinstance(wrt, str) else list(wrt)
-    asm = _Assembly(canon)
+    asm = _Assembly(canon, target=targets_mod.resolve(target) if target is not None else None)
     names = LayerNames(asm.index, canon.input_name)
     walk = methods_mod.resolve(rule).walk(names)
     params = set(meta.parameters(asm.index)) if walk == TableWalk(GRADIENT) else set()
@@ -318,7 +310,7 @@ class Explainer:
         self.threads = threads
         if fused and not fused_ops.available():
             raise SaliencyError("fused=True, but the custom-op library was not built with this "
-                                "install (see the README); use fused=False.")
+                                "install (see docs/kernels.md); use fused=False.")
         self.fused = fused_ops.available() if fused is None else bool(fused)
         self._save_fused = fused is True   # save() keeps custom ops only when asked for here
         index = _index(self._canon.model, self._canon.weights)
@@ -337,8 +329,13 @@ class Explainer:
                               "the model's constant weights, and meta-saliency steps them.")
         self.requests = self._requests(resolved, layers)
         self.combination = combination(combine, weights, self.requests)
-        self._graph, self._weights = self._build(self.fused)   # the graph and its weights
+        # the graph built now: Class's; for an output without a class axis ([N]), Cotangent's
+        rank = index.rank(self._canon.output_name)
+        self._default_target: Target = (targets_mod.Class() if rank is None or rank >= 2
+                                        else targets_mod.Cotangent(np.float32(0)))
+        self._graph, self._weights = self._build(self.fused, self._default_target)
         self._session = None
+        self._variants: dict[tuple, list] = {}   # other target kinds: key -> [graph, weights, session]
 
     # -- building ---------------------------------------------------------------------------
     def _requests(self, methods: list[Method], layers: list[str] | None) -> list[MapRequest]:
@@ -370,10 +367,11 @@ class Explainer:
                               "list each method and layer once.")
         return requests
 
-    def _build(self, fused: bool) -> tuple[onnx.ModelProto, Weights]:
-        """The explainer graph, its large initializers placeholders, and their values (the
-        canonical model's arrays and the new constants')."""
-        asm = _Assembly(self._canon, fused, self.meta_lr if self.meta else None)
+    def _build(self, fused: bool, target: Target | None = None
+               ) -> tuple[onnx.ModelProto, Weights]:
+        """The explainer graph for `target`'s kind (default Class), its large initializers
+        placeholders, and their values (the canonical model's arrays and the new constants')."""
+        asm = _Assembly(self._canon, fused, self.meta_lr if self.meta else None, target)
         by_walk: dict[Walk, list[MapRequest]] = {}
         for req in self.requests:
             by_walk.setdefault(req.method.walk(self.layer_names), []).append(req)
@@ -453,8 +451,38 @@ class Explainer:
 
     @property
     def num_classes(self) -> int | None:
+        """K, the size of the explained output's axis 1 where it is known (None for an output
+        of rank 1 or an unknown size: an embedding net's D counts as K for Class targets)."""
         shape = self._index.shapes.get(self._canon.output_name)
-        return shape[1] if shape is not None and isinstance(shape[1], int) else None
+        return shape[1] if shape is not None and len(shape) > 1 and isinstance(shape[1], int) \
+            else None
+
+    @property
+    def output_shape(self) -> tuple | None:
+        """The explained output's dims (ints where known statically), None where unknown."""
+        return self._index.shapes.get(self._canon.output_name)
+
+    def _variant(self, target: Target) -> list:
+        """[graph, weights, session] of the explainer graph for `target`'s kind (built once)."""
+        if target.key == self._default_target.key:
+            return [self._graph, self._weights, None]
+        if target.key not in self._variants:
+            self._variants[target.key] = [*self._build(self.fused, target), None]
+        return self._variants[target.key]
+
+    def _session_for(self, target: Target):
+        variant = self._variant(target)
+        if variant[0] is self._graph:
+            return self.session
+        if variant[2] is None:
+            variant[2] = make_session(variant[0], self.providers, self.threads, weights=variant[1])
+        return variant[2]
+
+    def target_model(self, target: Target) -> onnx.ModelProto:
+        """The explainer graph for `target`'s kind, self-contained (see `model`); the target's
+        values are its inputs (metadata `onnx_saliency.target`), not part of the graph."""
+        graph, weights, _ = self._variant(targets_mod.resolve(target))
+        return join_weights(graph, weights)
 
     @property
     def input_shape(self) -> tuple:
@@ -467,40 +495,39 @@ class Explainer:
                                          weights=self._weights)
         return self._session
 
-    def run(self, images: np.ndarray, target: TargetLike = None) -> dict[str, np.ndarray]:
-        """Logits and maps: {"logits": [N,K], "<map>": [N,H,W], …}."""
+    def run(self, images: np.ndarray, target: TargetLike | Target = None
+            ) -> dict[str, np.ndarray]:
+        """Logits and maps: {"logits": [N,K], "<map>": [N,H,W], …}. `target`: see `explain`."""
         images = check_images(images, self.input_shape)
         n = images.shape[0]
-        targets = check_targets(target, n, self.num_classes)
+        target = targets_mod.resolve(target)
+        feeds = target.feeds(n, self.output_shape)
+        session = self._session_for(target)
         names = [self.logits_output, *self.map_names, FINITE]   # outputs by name, never position
         step = n if self.meta else (self._canon.fixed_batch or n)  # meta: a Scan over images
-        chunks = []
-        for start in range(0, n, step):
-            x, t = images[start:start + step], targets[start:start + step]
-            pad = step - x.shape[0]
-            if pad:
-                x = np.concatenate([x, np.repeat(x[-1:], pad, 0)])
-                t = np.concatenate([t, np.repeat(t[-1:], pad, 0)])
-            outs = run_session(self.session, names, {self._canon.input_name: x, TARGET: t})
-            chunks.append([o[:step - pad] for o in outs])
-        out = dict(zip(names, (np.concatenate(parts) for parts in zip(*chunks))))
+        out = run_chunks(session, names, {self._canon.input_name: images, **feeds}, step)
         bad = np.flatnonzero(~out.pop(FINITE))
         if bad.size:
             raise NumericError(
                 f"The maps of image{'s' if bad.size > 1 else ''} {', '.join(map(str, bad[:5]))}"
                 f"{' …' if bad.size > 5 else ''} contain NaN or Inf: the model overflowed float32 "
-                "inside (inputs far outside its usual range?).")
+                "inside (inputs far outside its usual range?) or the target is degenerate (an "
+                "all-zero embedding).")
         return {"logits": out.pop(self.logits_output), **{k: out[k] for k in self.map_names}}
 
-    def explain(self, images: np.ndarray, target: TargetLike = None) -> dict[str, np.ndarray]:
+    def explain(self, images: np.ndarray, target: TargetLike | Target = None
+                ) -> dict[str, np.ndarray]:
         """Saliency maps {key: float32 [N,H,W]} at input resolution, raw (not normalised).
 
-        `target`: an int for every image, one int per image, or None for each image's top-1."""
+        `target`: an int for every image, one int per image, or None for each image's top-1
+        (targets.Class); or a target object (onnx_saliency.targets: Class, Region, Embedding,
+        Cotangent), applied to every image; or a list of them, one per image, of one kind."""
         out = self.run(images, target)
         out.pop("logits")
         return out
 
-    def save(self, path, portable: bool | None = None, data_name: str | None = None) -> None:
+    def save(self, path, portable: bool | None = None, data_name: str | None = None,
+             target: Target | None = None) -> None:
         """Write the explainer graph: inputs (image, target int64 [N]; −1 = top-1, another value
         outside [0, K) fails the run or, where the runtime does not check, gives NaN maps),
         outputs by name (logits, one [N,H,W] map per key in `map_names`, `finite` bool [N]).
@@ -513,13 +540,64 @@ class Explainer:
         The weights go to `<stem>.data` beside `path` (ONNX external data, page-aligned) when the
         graph would exceed protobuf's 2 GB limit or when the model's file kept its weights in
         external data (`data_name`: another name for that file, in the same folder); else `path`
-        holds them all."""
+        holds them all.
+
+        `target`: a target object whose kind the saved graph takes as inputs instead of the
+        class index (its values are not saved: they are the inputs; names, dtypes and shapes in
+        the metadata `onnx_saliency.target`, a JSON {"kind", "inputs": {name: {dtype, shape,
+        meaning}}}): Region `target` int64 [N] (+ `target_mask` bool [N, H, W] when it has a
+        mask), Embedding `target_reference` float32 [N, D], Cotangent `target_cotangent`
+        float32 [N, *output dims]."""
         if portable is None:
             portable = not self._save_fused
-        graph, weights = (self._build(False) if portable and self.fused
-                          else (self._graph, self._weights))
+        target = targets_mod.resolve(target) if target is not None else self._default_target
+        if portable and self.fused:
+            graph, weights = self._build(False, target)
+        else:
+            graph, weights = self._variant(target)[:2]
         save_model(graph, path, weights, external=True if self._canon.external_data else None,
                    data_name=data_name)
+
+
+def run_chunks(session, names: Sequence[str], feeds: dict[str, np.ndarray], step: int
+               ) -> dict[str, np.ndarray]:
+    """`session` over the feeds (each [N, …]) in chunks of `step` images (a model fixed to a
+    batch: the last chunk padded with copies of its last image, cut off again)."""
+    n = next(iter(feeds.values())).shape[0]
+    chunks = []
+    for start in range(0, n, step):
+        part = {k: v[start:start + step] for k, v in feeds.items()}
+        pad = step - next(iter(part.values())).shape[0]
+        if pad:
+            part = {k: np.concatenate([v, np.repeat(v[-1:], pad, 0)]) for k, v in part.items()}
+        outs = run_session(session, names, part)
+        chunks.append([o[:step - pad] for o in outs])
+    return dict(zip(names, (np.concatenate(parts) for parts in zip(*chunks))))
+
+
+def gradient(model: ModelSource, images: np.ndarray, target: TargetLike | Target = None,
+             output: str | None = None) -> np.ndarray:
+    """∂s_i/∂image_i for each image i, float32 of the images' shape: the raw input gradient of
+    the target's score (onnx_saliency.targets; an int, per-image ints or None: the class logit,
+    None the top-1). `output`: the model output explained, as in `Explainer`. Built as one
+    backward graph (the gradient walk) and run in ONNX Runtime on the CPU."""
+    canon = canonicalize(model, output=output, apart=True)
+    target = targets_mod.resolve(target)
+    asm = _Assembly(canon, target=target)
+    names = LayerNames(asm.index, canon.input_name)
+    inp = canon.input_name
+    g = asm.signals(methods_mod.resolve("gradient").walk(names), [inp])[inp]
+    if g is None:
+        raise ModelError("No gradient reaches the image: the model's output does not depend on it.")
+    shape = asm.index.shapes.get(canon.output_name)
+    image_shape = asm.index.shapes[inp]
+    graph = asm.finish([("grad", g, asm.index.rank(inp) or 4)], keep_logits=False)
+    graph, weights = split_weights(graph, dict(canon.weights))
+    del asm
+    images = check_images(images, image_shape)
+    feeds = {inp: images, **target.feeds(images.shape[0], shape)}
+    session = make_session(graph, weights=weights)
+    return run_chunks(session, ["grad"], feeds, canon.fixed_batch or images.shape[0])["grad"]
 
 
 def list_layers(model: ModelSource, output: str | None = None) -> list[str]:

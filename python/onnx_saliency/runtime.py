@@ -188,7 +188,7 @@ def make_session(model: onnx.ModelProto, providers: Sequence[str] | None = None,
         if library is None:
             raise SaliencyError(
                 f"This explainer graph uses fused ops of the domain {fused.DOMAIN}, but the "
-                "custom-op library was not built with this install; rebuild it (see the README) "
+                "custom-op library was not built with this install; rebuild it (see docs/kernels.md) "
                 "or build the explainer with fused=False.")
         opts.register_custom_ops_library(library)
     if threads:

@@ -11,9 +11,9 @@ comparisons) are the only integer tensors on the way that legitimately carry non
 
 A method names the walk it needs (`Method.walk`): a `TableWalk` (one rule table and its typed
 options) or a composite of walks (c-EBP, methods/ebp.py). Every walk starts from seeds,
-{tensor: cotangent}, which the explainer builds in the graph from the target (today the one-hot
-of the target class on the logits; DESIGN.md's target objects build others: a `Target` gives
-its seeds, and no walk or method looks at targets).
+{tensor: cotangent}, which the explainer builds in the graph from the target (targets.py: the
+one-hot of a class on the logits, a masked region, an embedding's cosine, any cotangent; each
+`Target` gives its seeds, and no walk or method looks at targets).
 """
 
 from __future__ import annotations
@@ -33,16 +33,6 @@ from .rules.indexing import NO_GRADIENT
 from .table import GRADIENT, RuleTable
 
 Seeds = Mapping[str, str]   # forward tensor -> its cotangent ∂s/∂tensor (s: the explained score)
-
-
-class Target(Protocol):
-    """What a map explains (DESIGN.md "Targets"): builds the seeds on the explained `output`
-    inside the graph, reading the graph `inputs` it declares. Today's only target is the class
-    index: explainer.one_hot_seed, with the input `target` int64 [N]."""
-
-    inputs: Sequence[onnx.ValueInfoProto]
-
-    def seeds(self, b: GraphBuilder, index: GraphIndex, output: str) -> Seeds: ...
 
 
 class Signals(dict):

@@ -22,15 +22,20 @@ m = round(s·n)). Opset 18's `axes` names the axes scales, sizes and roi refer t
 
 Upsample (opsets 7-9) and Resize-10 have asymmetric coordinates, nearest rounding down (up
 when shrinking); onnx's version converter, which canonicalisation runs below opset 16, turns
-them into Resize with the defaults (half_pixel), so they reach the walk as Resize.
+them into Resize with the defaults (half_pixel), and canonicalisation sets their coordinates
+back (canonical._old_resize_semantics), so they reach the walk as Resize.
 
-Refused, one sentence each: antialias = 1, lengths unknown where an axis is resized, scales or
-sizes computed at run time where the output length is unknown too.
+Sizes computed at run time from static dims (`F.interpolate(x, size=image.shape[-2:])`:
+Concat(Shape(x)[:2], Shape(image)[2:4])) are evaluated on the static shapes
+(`_sizes_of_own_dims`). Refused, one sentence each: antialias = 1, lengths unknown where an
+axis is resized, scales or sizes computed at run time from anything else where the output
+length is unknown too.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
 from ...graph import attrs_of
 from ..context import RuleContext
@@ -131,6 +136,78 @@ def interpolation_matrix(n: int, m: int, scale: float, mode: str, coordinates: s
     return matrix
 
 
+def _sizes_of_own_dims(ctx: RuleContext, sizes: str, x: str, rank: int) -> list | None:
+    """Per axis, the length a run-time sizes input gives, or OWN where it is x's own batch
+    length, when sizes is shape arithmetic on static dims: `F.interpolate(x,
+    size=image.shape[-2:])` exports Concat(Shape(x)[:2], Cast(Concat(Shape(image)[2],
+    Shape(image)[3]))). The arithmetic (the nodes sizes depends on, down to Shape nodes and
+    constants) is evaluated twice, with every batch dim 1 and 2: lengths that follow the batch
+    must be x's own batch (axis 0), the others are constants. None when it reads anything else
+    or an unknown dim."""
+    from onnx import helper as onnx_helper
+    from onnx.reference import ReferenceEvaluator
+
+    nodes, consts, todo, seen = [], {}, [sizes], set()
+    while todo:
+        t = todo.pop()
+        if t in seen or not t:
+            continue
+        seen.add(t)
+        value = ctx.index.const(t)
+        if value is not None:
+            if value.size > 64:
+                return None
+            consts[t] = value
+            continue
+        node = ctx.index.producer.get(t)
+        if node is None or node.domain not in ("", "ai.onnx") or len(nodes) > 64:
+            return None
+        nodes.append(node)
+        if node.op_type != "Shape":
+            todo += list(node.input)
+    order = {id(n): i for i, n in enumerate(ctx.index.nodes)}
+    nodes.sort(key=lambda n: order[id(n)])      # topological, as in the graph
+    results = []
+    for batch in (1, 2):
+        feeds, graph_nodes = dict(consts), []
+        for node in nodes:
+            if node.op_type == "Shape":
+                dims = ctx.index.shapes.get(node.input[0])
+                if dims is None or not all(isinstance(d, int) for d in dims[1:]):
+                    return None
+                dims = [batch if not isinstance(d, int) else d for d in dims]
+                a = attrs_of(node)
+                feeds[node.output[0]] = np.array(dims, np.int64)[a.get("start", 0):
+                                                                 a.get("end", len(dims))]
+            else:
+                graph_nodes.append(node)
+        graph = onnx_helper.make_graph(
+            graph_nodes, "sizes",
+            [onnx_helper.make_tensor_value_info(k, onnx_helper.np_dtype_to_tensor_dtype(v.dtype),
+                                                v.shape) for k, v in feeds.items()],
+            [onnx_helper.make_tensor_value_info(sizes, onnx.TensorProto.INT64, None)])
+        model = onnx_helper.make_model(graph, opset_imports=list(ctx.index.model.opset_import))
+        try:
+            results.append(np.ravel(ReferenceEvaluator(model).run([sizes], feeds)[0]))
+        except Exception:   # the evaluator's own errors: no static answer
+            return None
+    one, two = results
+    if one.shape != (rank,) or two.shape != (rank,):
+        return None
+    lengths: list = []
+    for ax, (p, q) in enumerate(zip(one, two)):
+        if p == q:
+            lengths.append(int(p))
+        elif ax == 0 and (p, q) == (1, 2):
+            lengths.append(OWN)   # the batch, as x's
+        else:
+            return None
+    return lengths
+
+
+OWN = "own"
+
+
 def _axis_plan(ctx: RuleContext, node, opset_forms: bool) -> list[tuple[int, int, int, float,
                                                                            tuple[float, float]]]:
     """[(axis, n, m, scale, roi)] for every axis of the input."""
@@ -151,6 +228,8 @@ def _axis_plan(ctx: RuleContext, node, opset_forms: bool) -> list[tuple[int, int
 
     if opset_forms:
         roi, scales, sizes = const(1), const(2), const(3)
+        if isinstance(sizes, str) and "axes" not in a:
+            sizes = _sizes_of_own_dims(ctx, node.input[3], x, rank) or sizes
     else:   # Upsample-9, Resize-10: (X, scales); Upsample-7: scales attribute
         roi, sizes = None, None
         scales = const(1) if len(node.input) > 1 else np.asarray(a.get("scales", []), F32)
@@ -172,6 +251,15 @@ def _axis_plan(ctx: RuleContext, node, opset_forms: bool) -> list[tuple[int, int
                 out[ax] = int(np.floor(F32(scales[j]) * F32(n_dims[ax])))
             elif scale[ax] != 1.0:
                 out[ax] = None
+    elif isinstance(sizes, list):   # x's own lengths and constants (_sizes_of_own_dims)
+        if _text(a.get("keep_aspect_ratio_policy"), "stretch") != "stretch":
+            raise ctx.unsupported(node, "keeps an aspect ratio with sizes computed at run time")
+        for ax, length in enumerate(sizes):
+            if length == OWN:
+                continue
+            if not isinstance(n_dims[ax], int):
+                raise ctx.unsupported(node, "resizes to given sizes an input of unknown size")
+            scale[ax], out[ax] = float(F32(length) / F32(n_dims[ax])), length
     elif isinstance(sizes, np.ndarray):
         if any(not isinstance(n_dims[ax], int) for ax in axes):
             raise ctx.unsupported(node, "resizes to given sizes an input of unknown size")
