@@ -38,17 +38,7 @@ def export_torchvision(name: str, path: Path, size: int, seed: int = 0, keep_bn:
         cells = (size // 32) ** 2
         model.avgpool = torch.nn.Identity()
         model.classifier[0] = torch.nn.Linear(512 * cells, 4096)
-    for module in model.modules():
-        if isinstance(module, (torch.nn.ReLU, torch.nn.ReLU6)):
-            module.inplace = False
-    # break BN's identity statistics so BN rules are exercised with non-trivial values
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.1, 0.1)
+    prepare_for_pinning(model)
     x = torch.randn(1, 3, size, size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -58,6 +48,43 @@ def export_torchvision(name: str, path: Path, size: int, seed: int = 0, keep_bn:
                           input_names=["input"], output_names=["logits"], do_constant_folding=not keep_bn,
                           dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
     return model
+
+
+def prepare_for_pinning(model) -> None:
+    """ReLUs made not in place (the pins and Captum's hooks see each one), and BatchNorm
+    statistics moved off the identity so BN rules see non-trivial values."""
+    import torch
+    for module in model.modules():
+        if isinstance(module, (torch.nn.ReLU, torch.nn.ReLU6)):
+            module.inplace = False
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.1, 0.1)
+
+
+def tiny_cnn(path, size: tuple[int, int], classes: int = 3, seed: int = 0) -> Path:
+    """A tiny CNN written to `path`: Conv(3->4, 3x3) -> Relu -> GlobalAveragePool -> Flatten ->
+    Gemm(4->classes), input 'input' [N, 3, *size], output 'logits'."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+             for name, shape in [("w", (4, 3, 3, 3)), ("b", (4,)), ("fc_w", (4, classes)),
+                                 ("fc_b", (classes,))]]
+    nodes = [helper.make_node("Conv", ["input", "w", "b"], ["conv"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["conv"], ["relu"]),
+             helper.make_node("GlobalAveragePool", ["relu"], ["pool"]),
+             helper.make_node("Flatten", ["pool"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"])]
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, *size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return Path(path)
 
 
 @pytest.fixture(scope="session")

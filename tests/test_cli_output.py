@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
+from conftest import tiny_cnn
 from onnx_saliency import cli
 
 SIZE = (16, 24)
@@ -30,20 +30,7 @@ METHODS = ["--method", "gradient", "--method", "input_x_gradient"]
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
     """A tiny CNN: Conv(3->4, 3x3) -> Relu -> GlobalAveragePool -> Flatten -> Gemm(4->3)."""
-    rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
-             for name, shape in [("w", (4, 3, 3, 3)), ("b", (4,)), ("fc_w", (4, 3)), ("fc_b", (3,))]]
-    nodes = [helper.make_node("Conv", ["input", "w", "b"], ["conv"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["conv"], ["relu"]),
-             helper.make_node("GlobalAveragePool", ["relu"], ["pool"]),
-             helper.make_node("Flatten", ["pool"], ["flat"]),
-             helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"])]
-    graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, *SIZE])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], inits)
-    path = tmp_path_factory.mktemp("model") / "tiny.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    return path
+    return tiny_cnn(tmp_path_factory.mktemp("model") / "tiny.onnx", SIZE)
 
 
 def make_images(folder: Path, names: list[str], seed: int = 0) -> list[Path]:

@@ -14,9 +14,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 from cmap import Colormap
-from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
+from conftest import tiny_cnn
 from onnx_saliency import cli, viz
 from onnx_saliency.errors import InputError
 
@@ -32,21 +32,8 @@ def _photo(seed: int = 0, size=PHOTO) -> np.ndarray:
 
 
 def _tiny_model(path: Path, classes: int = 3, size=(32, 32)) -> Path:
-    """Conv(3->4, 3x3) -> Relu -> GlobalAveragePool -> Flatten -> Gemm(4->classes), static H×W."""
-    rng = np.random.default_rng(1)
-    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
-             for name, shape in [("w", (4, 3, 3, 3)), ("b", (4,)), ("fc_w", (4, classes)),
-                                 ("fc_b", (classes,))]]
-    nodes = [helper.make_node("Conv", ["input", "w", "b"], ["conv"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["conv"], ["relu"]),
-             helper.make_node("GlobalAveragePool", ["relu"], ["pool"]),
-             helper.make_node("Flatten", ["pool"], ["flat"]),
-             helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"])]
-    graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, *size])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    return path
+    """conftest.tiny_cnn with static H×W (seed 1)."""
+    return tiny_cnn(path, size, classes, seed=1)
 
 
 # --- geometry -----------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from onnx_saliency import targets as T
 from onnx_saliency.errors import InputError, ModelError
 from onnx_saliency.runtime import make_session
 
-from conftest import pinned_decisions, rel_err
+from conftest import pinned_decisions, prepare_for_pinning, rel_err
 
 SIZE = 64
 K = 5            # segmentation classes
@@ -32,21 +32,6 @@ def _export(net, path, x, output: str) -> None:
         torch.onnx.export(net, (x,), str(path), dynamo=False, opset_version=17,
                           input_names=["input"], output_names=[output],
                           dynamic_axes={"input": {0: "N"}, output: {0: "N"}})
-
-
-def _prepare(model) -> None:
-    """ReLUs not in place (the pins see each), BatchNorm statistics away from identity."""
-    import torch
-    for module in model.modules():
-        if isinstance(module, (torch.nn.ReLU, torch.nn.ReLU6)):
-            module.inplace = False
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.1, 0.1)
 
 
 def _segmenter(name: str, folder):
@@ -66,7 +51,7 @@ def _segmenter(name: str, folder):
     torch.manual_seed(0)
     model = getattr(torchvision.models.segmentation, name)(
         weights=None, weights_backbone=None, num_classes=K, aux_loss=False).eval()
-    _prepare(model)
+    prepare_for_pinning(model)
     net = Out(model).eval()
     x = torch.randn(2, 3, SIZE, SIZE)
     path = folder / f"{name}.onnx"
@@ -82,7 +67,7 @@ def embedder(tmp_path_factory):
     torch.manual_seed(1)
     model = torchvision.models.resnet18(weights=None).eval()
     model.fc = torch.nn.Identity()
-    _prepare(model)
+    prepare_for_pinning(model)
     x = torch.randn(2, 3, SIZE, SIZE)
     path = tmp_path_factory.mktemp("targets") / "resnet18_embedding.onnx"
     _export(model, path, x, "embedding")
