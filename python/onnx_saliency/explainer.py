@@ -36,7 +36,7 @@ from . import fused as fused_ops
 from . import meta
 from .combine import combination
 from .errors import MethodError, ModelError, NumericError, SaliencyError
-from .graph import GraphBuilder, GraphIndex
+from .graph import GraphBuilder, GraphIndex, rename_tensors
 from .schedule import copy_fused_sum_operands, interleave_early
 from .layers import NCHW, LayerNames, LayerView, default_layer, stage_layers
 from .methods.base import Method
@@ -68,13 +68,10 @@ def one_hot_seed(b: GraphBuilder, index: GraphIndex, logits: str, shown: str | N
 
 
 def _rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
-    """Tensor `old` of `graph` (made by a node) called `new`: its producer, readers, graph
-    output and value_info."""
+    """Tensor `old` of `graph` (made by a node) called `new`: its producer, readers (in
+    subgraphs too), graph output and value_info."""
     for node in graph.node:
-        for field in (node.input, node.output):
-            for i, name in enumerate(field):
-                if name == old:
-                    field[i] = new
+        rename_tensors(node, {old: new})
     for value in [*graph.output, *graph.value_info]:
         if value.name == old:
             value.name = new

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
-from .graph import NARROW_FLOATS, attrs_of
+from .graph import NARROW_FLOATS, attrs_of, rename_tensors
 from .runtime import Weights, is_placeholder
 
 if TYPE_CHECKING:
@@ -344,27 +344,9 @@ def deployed_forward(twin: onnx.ModelProto, image: str, logits: str, weights: We
         copy = onnx.NodeProto()
         copy.CopyFrom(node)
         copy.name = DEPLOYED + node.name
-        _rename(copy, rename)
+        rename_tensors(copy, rename)
         nodes.append(copy)
     return nodes, tensors, aliases
-
-
-def _rename(node: onnx.NodeProto, rename: dict[str, str]) -> None:
-    """Inputs and outputs of `node` renamed, and the outer-scope reads of its subgraphs (names
-    a subgraph defines itself shadow the outer ones)."""
-    for i, name in enumerate(node.input):
-        node.input[i] = rename.get(name, name)
-    for i, name in enumerate(node.output):
-        node.output[i] = rename.get(name, name)
-    for attr in node.attribute:
-        for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
-            inner = {i.name for i in sub.input} | {t.name for t in sub.initializer} | {
-                o for n in sub.node for o in n.output}
-            outer = {k: v for k, v in rename.items() if k not in inner}
-            for n in sub.node:
-                _rename(n, outer)
-            for o in sub.output:
-                o.name = outer.get(o.name, o.name)
 
 
 __all__ = ["deployed_format", "deployed_forward", "float32_image_input", "image_feed",

@@ -111,6 +111,24 @@ def attrs_of(node: onnx.NodeProto) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
+def rename_tensors(node: onnx.NodeProto, rename: dict[str, str]) -> None:
+    """Inputs and outputs of `node` renamed, and the outer-scope reads of its subgraphs (names
+    a subgraph defines itself shadow the outer ones)."""
+    for i, name in enumerate(node.input):
+        node.input[i] = rename.get(name, name)
+    for i, name in enumerate(node.output):
+        node.output[i] = rename.get(name, name)
+    for attr in node.attribute:
+        for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+            inner = {i.name for i in sub.input} | {t.name for t in sub.initializer} | {
+                o for n in sub.node for o in n.output}
+            outer = {k: v for k, v in rename.items() if k not in inner}
+            for n in sub.node:
+                rename_tensors(n, outer)
+            for o in sub.output:
+                o.name = outer.get(o.name, o.name)
+
+
 def _freeze(value):
     if isinstance(value, (list, tuple)):
         return tuple(_freeze(v) for v in value)

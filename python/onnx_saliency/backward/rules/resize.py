@@ -27,7 +27,7 @@ back (canonical._old_resize_semantics), so they reach the walk as Resize.
 
 Sizes computed at run time from static dims (`F.interpolate(x, size=image.shape[-2:])`:
 Concat(Shape(x)[:2], Shape(image)[2:4])) are evaluated on the static shapes
-(`_sizes_of_own_dims`). Refused, one sentence each: antialias = 1, lengths unknown where an
+(`_static_sizes`). Refused, one sentence each: antialias = 1, lengths unknown where an
 axis is resized, scales or sizes computed at run time from anything else where the output
 length is unknown too.
 """
@@ -136,7 +136,7 @@ def interpolation_matrix(n: int, m: int, scale: float, mode: str, coordinates: s
     return matrix
 
 
-def _sizes_of_own_dims(ctx: RuleContext, sizes: str, x: str, rank: int) -> list | None:
+def _static_sizes(ctx: RuleContext, sizes: str, x: str, rank: int) -> list | None:
     """Per axis, the length a run-time sizes input gives, or OWN where it is x's own batch
     length, when sizes is shape arithmetic on static dims: `F.interpolate(x,
     size=image.shape[-2:])` exports Concat(Shape(x)[:2], Cast(Concat(Shape(image)[2],
@@ -229,7 +229,7 @@ def _axis_plan(ctx: RuleContext, node, opset_forms: bool) -> list[tuple[int, int
     if opset_forms:
         roi, scales, sizes = const(1), const(2), const(3)
         if isinstance(sizes, str) and "axes" not in a:
-            sizes = _sizes_of_own_dims(ctx, node.input[3], x, rank) or sizes
+            sizes = _static_sizes(ctx, node.input[3], x, rank) or sizes
     else:   # Upsample-9, Resize-10: (X, scales); Upsample-7: scales attribute
         roi, sizes = None, None
         scales = const(1) if len(node.input) > 1 else np.asarray(a.get("scales", []), F32)
@@ -251,7 +251,7 @@ def _axis_plan(ctx: RuleContext, node, opset_forms: bool) -> list[tuple[int, int
                 out[ax] = int(np.floor(F32(scales[j]) * F32(n_dims[ax])))
             elif scale[ax] != 1.0:
                 out[ax] = None
-    elif isinstance(sizes, list):   # x's own lengths and constants (_sizes_of_own_dims)
+    elif isinstance(sizes, list):   # x's own lengths and constants (_static_sizes)
         if _text(a.get("keep_aspect_ratio_policy"), "stretch") != "stretch":
             raise ctx.unsupported(node, "keeps an aspect ratio with sizes computed at run time")
         for ax, length in enumerate(sizes):
