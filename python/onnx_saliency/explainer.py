@@ -38,7 +38,8 @@ from .combine import combination
 from .errors import MethodError, ModelError, NumericError, SaliencyError
 from .graph import GraphBuilder, GraphIndex, rename_tensors
 from .schedule import copy_fused_sum_operands, interleave_early
-from .layers import NCHW, LayerNames, LayerView, default_layer, stage_layers
+from .layers import (NCHW, NECK, DetectorLevel, LayerNames, LayerView, default_layer,
+                     detector_levels, stage_layers)
 from .methods.base import Method
 from .runtime import (TargetLike, Weights, check_images, join_weights, make_session,
                       run_session, save_model, split_weights)
@@ -56,6 +57,8 @@ class MapRequest:
     method: Method
     tensor: str     # the tapped tensor
     view: LayerView = NCHW   # how the head reads it as [N, C, h, w] (token layers, NHWC)
+    level: DetectorLevel | None = None   # a detector's level: the map counts where the seed
+    #                                      weights that level's candidates (see _level_gate)
 
 
 def one_hot_seed(b: GraphBuilder, index: GraphIndex, logits: str, shown: str | None = None
@@ -75,6 +78,17 @@ def _rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
     for value in [*graph.output, *graph.value_info]:
         if value.name == old:
             value.name = new
+
+
+def _level_gate(asm: "_Assembly", level: DetectorLevel) -> str:
+    """float [N, 1, 1]: 1 where the image's seed weights a candidate of `level` (its slice
+    [start, stop) along the candidate axis is not all zero), else 0. For one candidate
+    (targets.Detection) exactly its level's map is kept: the neck output at its stride."""
+    b = asm.b
+    (seed,) = asm.seeds.values()
+    part = b.op("Slice", seed, b.ints([level.start]), b.ints([level.stop]), b.ints([level.axis]))
+    mass = b.reduce("ReduceSum", b.op("Abs", part), [1, 2], keepdims=True)
+    return b.op("Cast", b.op("Greater", mass, b.const(np.float32(0))), to=TensorProto.FLOAT)
 
 
 def _index(model: onnx.ModelProto, weights: Weights) -> GraphIndex:
@@ -313,6 +327,7 @@ class Explainer:
         index = _index(self._canon.model, self._canon.weights)
         self.layer_names = LayerNames(index, self._canon.input_name)
         self._index = index
+        self._levels = detector_levels(index, self._canon.input_name, self._canon.output_name)
         methods = [methods] if isinstance(methods, (str, Method)) else list(methods)
         if not methods:
             raise MethodError("Give at least one method.")
@@ -349,15 +364,21 @@ class Explainer:
             elif method.default_at_input:   # at the image: named like the input methods
                 requests.append(MapRequest(method.name, method, inp))
                 continue
+            elif method.default_tap(self._index, inp) is None and self._levels:
+                for level in self._levels:   # a detector: the neck output at the candidate's level
+                    view = self.layer_names.checked_view(level.tensor, NECK)
+                    requests.append(MapRequest(f"{method.name}@{NECK}", method, level.tensor,
+                                               view, level))
+                continue
             else:
                 tap = method.default_tap(self._index, inp) or default_layer(
-                    self._index, inp, self.layer_names)
+                    self._index, inp, self.layer_names, self._canon.output_name)
                 labels = [self.layer_names.friendly(tap)]
             for label in labels:
                 tensor = self.layer_names.resolve(label)
                 view = self.layer_names.checked_view(tensor, label)
                 requests.append(MapRequest(f"{method.name}@{label}", method, tensor, view))
-        keys = [r.key for r in requests]
+        keys = [r.key for r in requests if r.level is None]
         dupes = {k for k in keys if keys.count(k) > 1}
         if dupes:
             raise MethodError(f"Two maps would both be called {sorted(dupes)[0]!r}; "
@@ -394,6 +415,10 @@ class Explainer:
                 if req.tensor != inp:
                     saliency = asm.b.squeeze(
                         asm.b.resize_to(asm.b.unsqueeze(saliency, [1]), inp), [1])
+                if req.level is not None:
+                    saliency = asm.b.op("Mul", saliency, _level_gate(asm, req.level))
+                    if req.key in maps:
+                        saliency = asm.b.op("Add", maps[req.key], saliency)
                 maps[req.key] = saliency
         if self.combination is not None:
             maps = self.combination.apply(asm.b, maps, self.requests)
@@ -413,7 +438,7 @@ class Explainer:
     def map_names(self) -> list[str]:
         if self.combination is not None:
             return self.combination.keys(self.requests)
-        return [r.key for r in self.requests]
+        return list(dict.fromkeys(r.key for r in self.requests))
 
     @property
     def canonical(self) -> CanonicalModel:
@@ -456,8 +481,13 @@ class Explainer:
 
     @property
     def output_shape(self) -> tuple | None:
-        """The explained output's dims (ints where known statically), None where unknown."""
-        return self._index.shapes.get(self._canon.output_name)
+        """The explained output's dims (ints where known statically), None where unknown; a
+        detector's candidate count A from its levels' grids where the export left it symbolic."""
+        shape = self._index.shapes.get(self._canon.output_name)
+        if shape is not None and self._levels and not isinstance(shape[self._levels[0].axis], int):
+            shape = tuple(self._levels[-1].stop if i == self._levels[0].axis else d
+                          for i, d in enumerate(shape))
+        return shape
 
     def _variant(self, target: Target) -> list:
         """[graph, weights, session] of the explainer graph for `target`'s kind (built once)."""
@@ -615,11 +645,15 @@ def default_layers(model: ModelSource | CanonicalModel, output: str | None = Non
     canon = model if isinstance(model, CanonicalModel) else canonicalize(model, output=output)
     index = GraphIndex(canon.model)
     names = LayerNames(index, canon.input_name)
-    general = default_layer(index, canon.input_name, names)
+    general = default_layer(index, canon.input_name, names, canon.output_name)
+    levels = detector_levels(index, canon.input_name, canon.output_name)
+    if levels:
+        general = f"{NECK} (" + ", ".join(names.friendly(lv.tensor) for lv in levels) + ")"
     out = {}
     for name, factory in methods_mod.REGISTRY.items():
         method = factory()
         if not method.layer_method or method.default_at_input:
             continue
-        out[name] = names.friendly(method.default_tap(index, canon.input_name) or general)
+        tap = method.default_tap(index, canon.input_name)
+        out[name] = names.friendly(tap) if tap else (general if levels else names.friendly(general))
     return out

@@ -91,8 +91,10 @@ def _global_pool(index: GraphIndex, node) -> bool:
         and len(index.shapes.get(node.input[0]) or ()) == 4
 
 
-def default_layer(index: GraphIndex, input_name: str, names: LayerNames | None = None) -> str:
-    """The last spatial layer (a 4-D tensor not 1×1 and not made by a pooling op, or a token
+def default_layer(index: GraphIndex, input_name: str, names: LayerNames | None = None,
+                  output: str | None = None) -> str:
+    """On a dense output [N, K, H, W] (a segmenter's) with class-scoring 1×1 convs: the feature
+    map feeding them (`dense_head_input`). Otherwise the last spatial layer (a 4-D tensor not 1×1 and not made by a pooling op, or a token
     layer on its patch grid) before the last global pooling (the classifier's; squeeze-excitation
     pools come earlier): the usual Grad-CAM layer. Where that layer is the final LayerNorm's
     output (or a reshape of it), its input instead: a Swin's last stage, a mean-pooled ViT's
@@ -100,6 +102,9 @@ def default_layer(index: GraphIndex, input_name: str, names: LayerNames | None =
     no gradient at the last block's patch tokens: there, the last block's attention input (its
     first LayerNorm's output, pytorch-grad-cam's `blocks[-1].norm1`)."""
     names = names if names is not None else LayerNames(index, input_name)
+    dense = dense_head_input(index, input_name, output) if output is not None else None
+    if dense is not None:
+        return dense
     pools = [i for i, node in enumerate(index.nodes) if _global_pool(index, node)]
     best = input_name
     for node in index.nodes[:pools[-1] if pools else None]:
@@ -480,3 +485,136 @@ class LayerNames:
             f"Layer '{label}' is a tensor {dims}, neither [N,C,H,W], [N,H,W,C] nor [N,T,C] tokens "
             "on a patch grid found in the graph; saliency maps need one of those "
             "(onnx_saliency.list_layers(model) lists the layers).")
+
+
+# -- detectors: the neck outputs feeding each level's head ------------------------------------
+
+NECK = "neck"   # the label of a detector's default layer: each level's neck output
+
+
+@dataclass(frozen=True)
+class DetectorLevel:
+    """One level of a single-stage detector: the neck output `tensor` feeding that level's head
+    (on the level's grid), and the candidates it makes: indices [start, stop) along `axis` of
+    the raw output."""
+
+    tensor: str
+    grid: tuple[int, int]
+    axis: int
+    start: int
+    stop: int
+
+
+def detector_levels(index: GraphIndex, input_name: str, output: str) -> list[DetectorLevel]:
+    """The levels of a raw single-stage detector output (targets.detection_layout: YOLOv5
+    [N, A, 5+K] or YOLOv8 [N, 4+K, A]), finest grid first; [] where the output is not one.
+
+    A level's head tensors are the 4-D tensors whose values reach the output through no other
+    4-D tensor (the head's last convs, before they are reshaped into candidates), grouped by
+    grid; A = m Σ h·w over the grids (m candidates per cell: YOLOv8 1, YOLOv5 its head's
+    channels / (5+K)), the levels in order of decreasing h·w (the exporters' order). The neck
+    output of a level: the latest tensor every path from the image to its head tensors passes
+    through (their common dominator): the tensor both the box and the class branch read."""
+    from .targets import detection_layout
+    shape = index.shapes.get(output)
+    try:
+        layout = detection_layout(shape, "auto")
+    except Exception:
+        return []
+    axis, row = (1, shape[2]) if layout == "yolov5" else (2, shape[1])
+    anchors = shape[axis] if isinstance(shape[axis], int) else None
+    order = {n.name: i for i, n in enumerate(index.nodes)}
+    ancestors, frontier = {output}, [output]
+    while frontier:                              # the output's float ancestors
+        node = index.producer.get(frontier.pop())
+        for t in (node.input if node is not None else []):
+            if t and t not in ancestors and t not in index.initializers:
+                ancestors.add(t)
+                frontier.append(t)
+    four_d = lambda t: (s := index.shapes.get(t)) is not None and len(s) == 4 and all(
+        isinstance(d, int) for d in s[1:]) and index.is_float(t)
+    reaches_4d: dict[str, bool] = {}             # tensor -> a 4-D tensor lies after it
+    for node in reversed(index.nodes):
+        after = any(reaches_4d.get(o, False) or (four_d(o) and o in ancestors)
+                    for o in node.output)
+        for t in node.input:
+            reaches_4d[t] = reaches_4d.get(t, False) or after
+    grids: dict[tuple, list[str]] = {}
+    for t in ancestors:
+        if four_d(t) and not reaches_4d.get(t, False) and t in index.producer:
+            h, w = index.shapes[t][2:]
+            if h > 1 and w > 1:
+                grids.setdefault((h, w), []).append(t)
+    if not grids or not isinstance(row, int):
+        return []
+    levels, start = [], 0
+    for grid in sorted(grids, key=lambda g: -g[0] * g[1]):
+        heads = grids[grid]
+        channels = sum(index.shapes[t][1] for t in heads)
+        per_cell = channels // row if layout == "yolov5" and channels % row == 0 else 1
+        stop = start + per_cell * grid[0] * grid[1]
+        neck = _common_dominator(index, input_name, heads, ancestors, order)
+        if neck is None:
+            return []
+        levels.append(DetectorLevel(neck, grid, axis, start, stop))
+        start = stop
+    if anchors is not None and start != anchors:
+        return []
+    return levels
+
+
+def _common_dominator(index: GraphIndex, input_name: str, heads: list[str], ancestors: set,
+                      order: dict) -> str | None:
+    """The latest tensor (in graph order) other than `heads` that every path from the image
+    to them passes through."""
+    above = set(heads)
+    frontier = list(heads)
+    while frontier:                              # the heads' ancestors
+        node = index.producer.get(frontier.pop())
+        for t in (node.input if node is not None else []):
+            if t and t not in above and t in ancestors:
+                above.add(t)
+                frontier.append(t)
+    candidates = sorted((t for t in above - set(heads) if t in index.producer),
+                        key=lambda t: -order[index.producer[t].name])
+
+    def reaches_without(cut: str) -> bool:
+        seen, todo = {input_name}, [input_name]
+        while todo:
+            for node in index.consumers.get(todo.pop(), []):
+                for o in node.output:
+                    if o in heads:
+                        return True
+                    if o and o != cut and o in above and o not in seen:
+                        seen.add(o)
+                        todo.append(o)
+        return False
+
+    for t in candidates[:256]:
+        if four_d_float(index, t) and not reaches_without(t):
+            return t
+    return None
+
+
+def four_d_float(index: GraphIndex, t: str) -> bool:
+    s = index.shapes.get(t)
+    return s is not None and len(s) == 4 and index.is_float(t)
+
+
+def dense_head_input(index: GraphIndex, input_name: str, output: str) -> str | None:
+    """For a dense output [N, K, H, W] (H, W > 1): the feature map feeding its class-scoring 1×1
+    convs (backward/classifier.scoring_convs; the head's classifier), or, where there are several
+    (LR-ASPP's low and high branches), the latest tensor every path to them passes through.
+    None for other outputs or where no such conv exists."""
+    from .backward.classifier import scoring_convs
+    shape = index.shapes.get(output)
+    if shape is None or len(shape) != 4 or shape[2] == 1 or shape[3] == 1:
+        return None
+    chosen = scoring_convs(index)
+    inputs = list(dict.fromkeys(n.input[0] for n in index.nodes if n.name in chosen))
+    if not inputs:
+        return None
+    if len(inputs) == 1:
+        return inputs[0]
+    order = {n.name: i for i, n in enumerate(index.nodes)}
+    return _common_dominator(index, input_name, inputs, set(index.producer) | {input_name}, order)

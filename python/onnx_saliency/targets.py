@@ -11,11 +11,17 @@ methods see only the seeds.
                          mask None: the pixels where the model predicts k (argmax over K)
     Embedding(r)         s = cos(e, r) for an embedding e [N, D] (or [N, D, 1, 1])
     Cotangent(a)         s = ⟨a, output⟩: the seed is `a` itself (the general vector-Jacobian product)
+    Detection(k, anchor, box)  s = one candidate's score on a raw single-stage detector output
+                         (YOLOv5 [N, A, 5+K]: obj·p_k; YOLOv8 [N, 4+K, A]: p_k): the given anchor,
+                         the best match of a box (IoU · score), or the top-scoring candidate;
+                         `candidates` lists a model's detections after NMS to pick from
 
 Graph inputs (N: the batch): Class `target` int64 [N] (−1: the image's top-1; another value
 outside [0, K) fails the run, or gives NaN maps where the runtime does not check Gather);
 Region `target` int64 [N] and, with a mask, `target_mask` bool [N, H, W]; Embedding
-`target_reference` float32 [N, D]; Cotangent `target_cotangent` float32 [N, *output dims].
+`target_reference` float32 [N, D]; Cotangent `target_cotangent` float32 [N, *output dims];
+Detection `target` int64 [N] (−1: the candidate's best class) and `target_anchor` int64 [N] or
+`target_box` float32 [N, 4].
 """
 
 from __future__ import annotations
@@ -348,6 +354,267 @@ class Cotangent(Target):
             raise InputError(f"Cotangent's array has shape {list(self.array.shape)}, but the "
                              f"output is {_dims_text((n, *per))}.")
         return {COTANGENT: np.ascontiguousarray(a, dtype=np.float32)}
+
+
+LAYOUTS = ("auto", "yolov5", "yolov8")
+ANCHOR = "target_anchor"
+BOX = "target_box"
+
+
+def detection_layout(shape, layout: str = "auto", output: str = "the output") -> str:
+    """"yolov5" ([N, A, 5+K]: cx, cy, w, h, objectness, K class scores per candidate) or
+    "yolov8" ([N, 4+K, A]: cx, cy, w, h, K class scores); "auto": yolov8 when dims[1] < dims[2]
+    (exporters write A in the thousands, 4+K below it), else yolov5; where one of the two is
+    known statically only, it is the row size 4+K or 5+K (A follows the input's size)."""
+    if layout not in LAYOUTS:
+        raise InputError(f"Detection layout must be one of {', '.join(LAYOUTS)}, not {layout!r}.")
+    if shape is None or len(shape) != 3:
+        raise ModelError(f"Detection explains a single-stage detector's raw output [N, A, 5+K] "
+                         f"(YOLOv5) or [N, 4+K, A] (YOLOv8), but {output} has shape "
+                         f"{'unknown' if shape is None else _dims_text(shape)}.")
+    c1, c2 = _static(shape[1]), _static(shape[2])
+    if layout == "auto" and (c1 is None) != (c2 is None):   # the row size is the static one
+        layout = "yolov8" if c2 is None else "yolov5"
+    if layout == "auto":
+        if c1 is None or c2 is None:
+            raise ModelError(f"Detection cannot tell the layout of {output} "
+                             f"{_dims_text(shape)}: pass layout='yolov5' or 'yolov8'.")
+        layout = "yolov8" if c1 < c2 else "yolov5"
+    rows = c2 if layout == "yolov5" else c1
+    first = 5 if layout == "yolov5" else 4
+    if rows is not None and rows <= first:
+        raise ModelError(f"{output} {_dims_text(shape)} has {rows} values per candidate: too "
+                         f"few for the {layout} layout ({first} + K class scores).")
+    return layout
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One detection candidate of one image: its anchor (index along the candidate axis), class,
+    score (YOLOv5: objectness × class score; YOLOv8: class score) and box (x1, y1, x2, y2) in
+    model-input pixels."""
+
+    anchor: int
+    class_: int
+    score: float
+    box: tuple
+
+    def target(self) -> "Detection":
+        """The Detection target explaining this candidate's class score."""
+        return Detection(class_=self.class_, anchor=self.anchor)
+
+
+def _split(out: np.ndarray, layout: str):
+    """(boxes xyxy [A, 4], scores [A, K]) of one image's raw output."""
+    rows = out if layout == "yolov5" else out.T                  # [A, 4(+1)+K]
+    cx, cy, w, h = (rows[:, i].astype(np.float64) for i in range(4))
+    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)
+    scores = rows[:, 5:] * rows[:, 4:5] if layout == "yolov5" else rows[:, 4:]
+    return boxes, scores.astype(np.float64)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of boxes a [..., 4] with b [..., 4] (x1, y1, x2, y2), broadcast; 0 for empty unions."""
+    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = iw * ih
+    area = lambda x: np.clip(x[..., 2] - x[..., 0], 0, None) * np.clip(x[..., 3] - x[..., 1], 0, None)
+    union = area(a) + area(b) - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def candidates(output, layout: str = "auto", score_threshold: float = 0.25,
+               iou_threshold: float = 0.45, max_candidates: int = 100) -> list[list[Candidate]]:
+    """The detections of raw single-stage outputs [N, A, 5+K] / [N, 4+K, A] after per-class
+    non-maximum suppression, best first, one list per image: candidates scoring at least
+    `score_threshold` in their best class, each dropped when it overlaps a better one of its
+    class by IoU > `iou_threshold`. Pick one and pass `candidate.target()` to explain it."""
+    out = np.asarray(output)
+    layout = detection_layout(out.shape, layout, "the output")
+    result = []
+    for row in out:
+        boxes, scores = _split(row, layout)
+        cls = scores.argmax(1)
+        best = scores[np.arange(len(cls)), cls]
+        keep = np.flatnonzero(best >= score_threshold)
+        keep = keep[np.argsort(-best[keep], kind="stable")]
+        chosen: list[int] = []
+        for a in keep:
+            same = [c for c in chosen if cls[c] == cls[a]]
+            if same and (box_iou(boxes[same], boxes[a]) > iou_threshold).any():
+                continue
+            chosen.append(int(a))
+            if len(chosen) == max_candidates:
+                break
+        result.append([Candidate(a, int(cls[a]), float(best[a]), tuple(float(v) for v in boxes[a]))
+                       for a in chosen])
+    return result
+
+
+class Detection(Target):
+    """The score of one candidate of a single-stage detector's raw output (before NMS):
+    YOLOv5 [N, A, 5+K] s = obj_a · p_{a,k}; YOLOv8 [N, 4+K, A] s = p_{a,k} (scores as the
+    exporters write them, after their sigmoids). k: `class_`, or None: the candidate's best class.
+    The candidate: `anchor` (its index along A); else the one that best matches `box`
+    (x1, y1, x2, y2 in model-input pixels): a* = argmax_a IoU(b_a, box) · s_a (D-RISE's
+    similarity), explained as IoU(b_a*, box) · s_a*, the IoU held constant (the gradient flows
+    through the score only); else the top-scoring candidate. The seed is ∂s/∂output at a*'s
+    class (and, YOLOv5, objectness) entries, zero elsewhere."""
+
+    kind = "detection"
+    reads_output = True
+
+    def __init__(self, class_: int | None = None, anchor: int | None = None, box=None,
+                 layout: str = "auto"):
+        for name, value in (("class_", class_), ("anchor", anchor)):
+            if value is not None and (isinstance(value, (bool, np.bool_))
+                                      or not isinstance(value, (int, np.integer)) or value < 0):
+                raise InputError(f"Detection's {name} must be a non-negative int or None, "
+                                 f"not {value!r}.")
+        if anchor is not None and box is not None:
+            raise InputError("Detection takes an anchor or a box, not both.")
+        if layout not in LAYOUTS:
+            raise InputError(f"Detection layout must be one of {', '.join(LAYOUTS)}, not "
+                             f"{layout!r}.")
+        if box is not None:
+            box = _float_array(box, "Detection's box")
+            if box.shape != (4,) or not (box[2] > box[0] and box[3] > box[1]):
+                raise InputError(f"Detection's box must be (x1, y1, x2, y2) with x2 > x1 and "
+                                 f"y2 > y1, got {box.tolist()}.")
+        self.class_ = None if class_ is None else int(class_)
+        self.anchor = None if anchor is None else int(anchor)
+        self.box = box
+        self.layout = layout
+
+    @property
+    def mode(self) -> str:
+        return "anchor" if self.anchor is not None else "box" if self.box is not None else "top"
+
+    def __repr__(self) -> str:
+        where = {"anchor": f"anchor={self.anchor}", "top": "top-scoring",
+                 "box": f"box={[round(float(v), 1) for v in self.box] if self.box is not None else None}"}
+        return f"Detection(class_={self.class_}, {where[self.mode]}, layout={self.layout!r})"
+
+    @property
+    def key(self):
+        return (self.kind, self.mode, self.layout)
+
+    def inputs(self, index, output):
+        detection_layout(_shape(index, output), self.layout, f"output '{output}'")
+        specs = [InputSpec(CLASS, TensorProto.INT64, (), "class index per image; -1: the "
+                           "candidate's best class")]
+        if self.mode == "anchor":
+            specs.append(InputSpec(ANCHOR, TensorProto.INT64, (), "candidate index along A"))
+        if self.mode == "box":
+            specs.append(InputSpec(BOX, TensorProto.FLOAT, (4,), "reference box x1, y1, x2, y2 "
+                                   "in input pixels: the candidate maximising IoU x score"))
+        return specs
+
+    def describe(self, index, output):
+        out = super().describe(index, output)
+        out.update(mode=self.mode,
+                   layout=detection_layout(_shape(index, output), self.layout, output))
+        return out
+
+    def seeds(self, b, index, output, shown):
+        layout = detection_layout(_shape(index, output), self.layout, f"output '{output}'")
+        v5 = layout == "yolov5"
+        first = 5 if v5 else 4
+        rows = lambda t: b.op("Transpose", t, perm=[0, 2, 1]) if v5 else t      # [N, C, A]
+        big = b.ints([2**62])
+        sel, val = rows(shown), rows(output)
+        part = lambda t, lo, hi: b.op("Slice", t, b.ints([lo]), hi if isinstance(hi, str) else
+                                      b.ints([hi]), b.ints([1]))
+        cls = part(sel, first, big)                                              # [N, K, A]
+        best = b.op("ArgMax", cls, axis=1, keepdims=1)                           # [N, 1, A]
+        asked = b.unsqueeze(CLASS, [1, 2])                                       # [N, 1, 1]
+        k_a = b.op("Where", b.op("Equal", asked, b.const(-1, np.int64)), best,
+                   b.op("Expand", asked, b.op("Shape", best)))                   # [N, 1, A]
+        score = b.op("GatherElements", cls, k_a, axis=1)
+        if v5:
+            score = b.op("Mul", score, part(sel, 4, 5))
+        iou = None
+        if self.mode == "anchor":
+            a_star = b.unsqueeze(ANCHOR, [1, 2])                                 # [N, 1, 1]
+        else:
+            weight = score
+            if self.mode == "box":
+                iou = self._iou(b, part(sel, 0, 4), b.unsqueeze(BOX, [2]))       # [N, 1, A]
+                weight = b.op("Mul", iou, score)
+            a_star = b.op("ArgMax", weight, axis=2, keepdims=1)
+        k_star = b.op("GatherElements", k_a, a_star, axis=2)                     # [N, 1, 1]
+        depth_c, depth_a = b.shape(val, 1, 2), b.shape(val, 2, 3)
+        on_a = b.op("OneHot", b.squeeze(a_star, [2]), depth_a, b.const([0.0, 1.0]), axis=-1)
+        on_k = b.op("OneHot", b.op("Add", b.squeeze(k_star, [2]), b.const(first, np.int64)),
+                    depth_c, b.const([0.0, 1.0]), axis=1)                        # [N, C, 1]
+        if v5:   # ∂(obj·p)/∂p = obj, ∂(obj·p)/∂obj = p at the chosen candidate
+            at = lambda t: b.op("GatherElements", t, a_star, axis=2)             # [N, 1, 1]
+            p_val = b.op("GatherElements", part(val, first, big),
+                         b.op("Expand", k_star, b.op("Shape", part(val, 4, 5))), axis=1)
+            on_obj = b.op("OneHot", b.const([[4]], np.int64), depth_c, b.const([0.0, 1.0]), axis=1)
+            on_k = b.op("Add", b.op("Mul", on_k, at(part(val, 4, 5))),
+                        b.op("Mul", on_obj, at(p_val)))
+        if iou is not None:
+            on_k = b.op("Mul", on_k, b.op("GatherElements", iou, a_star, axis=2))
+        return {output: rows(b.op("Mul", on_k, on_a))}
+
+    @staticmethod
+    def _iou(b, xywh: str, ref: str) -> str:
+        """IoU [N, 1, A] of the candidates' boxes (cx, cy, w, h) [N, 4, A] with `ref` [N, 4, 1]
+        (x1, y1, x2, y2)."""
+        one = lambda t, i: b.op("Slice", t, b.ints([i]), b.ints([i + 1]), b.ints([1]))
+        half = lambda i: b.op("Mul", one(xywh, i), b.const(np.float32(0.5)))
+        x1, x2 = b.op("Sub", one(xywh, 0), half(2)), b.op("Add", one(xywh, 0), half(2))
+        y1, y2 = b.op("Sub", one(xywh, 1), half(3)), b.op("Add", one(xywh, 1), half(3))
+        zero = b.const(np.float32(0))
+        side = lambda lo, hi, rlo, rhi: b.op("Max", b.op(
+            "Sub", b.op("Min", hi, one(ref, rhi)), b.op("Max", lo, one(ref, rlo))), zero)
+        inter = b.op("Mul", side(x1, x2, 0, 2), side(y1, y2, 1, 3))
+        area = lambda w, h: b.op("Mul", b.op("Max", w, zero), b.op("Max", h, zero))
+        union = b.op("Sub", b.op("Add", area(one(xywh, 2), one(xywh, 3)), area(
+            b.op("Sub", one(ref, 2), one(ref, 0)), b.op("Sub", one(ref, 3), one(ref, 1)))), inter)
+        return b.op("Div", inter, b.op("Max", union, b.const(np.float32(1e-12))))
+
+    def _sizes(self, shape):
+        layout = detection_layout(shape, self.layout)
+        a_dim, c_dim = (shape[1], shape[2]) if layout == "yolov5" else (shape[2], shape[1])
+        c = _static(c_dim)
+        return layout, _static(a_dim), (c - (5 if layout == "yolov5" else 4)) if c else None
+
+    def feeds(self, n, shape):
+        layout, a, k = self._sizes(shape)
+        if self.class_ is not None and k is not None and self.class_ >= k:
+            raise InputError(f"Detection class {self.class_} is outside [0, {k}) for this "
+                             f"{layout} output ({k} classes).")
+        if self.anchor is not None and a is not None and self.anchor >= a:
+            raise InputError(f"Detection anchor {self.anchor} is outside [0, {a}): the output "
+                             f"has {a} candidates.")
+        out = {CLASS: np.full(n, -1 if self.class_ is None else self.class_, np.int64)}
+        if self.mode == "anchor":
+            out[ANCHOR] = np.full(n, self.anchor, np.int64)
+        if self.mode == "box":
+            out[BOX] = np.ascontiguousarray(np.broadcast_to(self.box, (n, 4)), np.float32)
+        return out
+
+    def chosen(self, output) -> list[Candidate]:
+        """The candidate each image's score is taken from (the graph's rule, in NumPy on the
+        returned output), with its class and score; for a box, `score` is IoU · score."""
+        out = np.asarray(output)
+        layout = detection_layout(out.shape, self.layout, "the output")
+        picked = []
+        for row in out:
+            boxes, scores = _split(row, layout)
+            k = scores.argmax(1) if self.class_ is None else np.full(len(scores), self.class_)
+            s = scores[np.arange(len(k)), k]
+            if self.mode == "anchor":
+                a, w = self.anchor, s[self.anchor]
+            else:
+                w_all = s * box_iou(boxes, self.box.astype(np.float64)) if self.mode == "box" else s
+                a = int(np.argmax(w_all))
+                w = w_all[a]
+            picked.append(Candidate(int(a), int(k[a]), float(w),
+                                    tuple(float(v) for v in boxes[a])))
+        return picked
 
 
 class PerImage(Target):

@@ -12,6 +12,8 @@ Conv (TSGB-Conv): ĝ_a = sign(a) ⊙ ConvTranspose(S / (D + ε), ones) per group
 BatchNormalization (ratio rule): ĝ_x = ĝ_y ⊙ y / (x + 1e-10), relevance passes unchanged.
 Fully-connected (TSGB-FC) on the classifier (classifier.py; fc="all": every FC layer), z = W a + b:
     β_j = γ z⁺_j / |z⁻_j|, ĝ_a = W⁺ᵀ ĝ_z + W⁻ᵀ (β ⊙ ĝ_z), z± = W± a (bias excluded).
+    A model without FC nodes (a detector's or segmenter's convolutional head): the same rule at
+    every location of its class-scoring 1×1 convs (classifier.scoring_convs), z± = Conv(a, W±).
 Everything else keeps the plain gradient. Options: TSGBOptions(gamma = 1.0, fc = "last"|"all").
 
 The walk hands these rules a TSGBContext: it remembers how some signals were made (broadcasts,
@@ -91,8 +93,10 @@ class TSGBContext(RuleContext):
     def fc_nodes(self) -> frozenset[str]:
         """Names of the FC nodes that get TSGB-FC: the classifier's, or all (options.fc)."""
         if self.options is not None and self.options.fc == "all":
-            return classifier.fully_connected(self.index)
-        return classifier.classifier(self.index)
+            chosen = classifier.fully_connected(self.index)
+        else:
+            chosen = classifier.classifier(self.index)
+        return chosen or classifier.scoring_convs(self.index)
 
     def broadcast(self, a: str, sign: str | None, spread: str, weight: str) -> str:
         """sign ⊙ Conv(spread, weight) (without sign: the Conv), recorded as a `Broadcast`."""
@@ -179,6 +183,9 @@ def conv(ctx: TSGBContext, node, grads):
         raise ctx.unsupported(node, "has weights computed from the image; only constant "
                               "weights are supported")
     if not ctx.wants(node, 0):
+        return result
+    if node.name in ctx.fc_nodes:
+        result[0] = _fc_per_location(ctx, node, grads[0])
         return result
     kernel, geo, group = conv_params(ctx, node)
     if len(kernel) != 2:
@@ -372,6 +379,23 @@ def _weight_matrix(ctx: RuleContext, node) -> np.ndarray | None:
         return None
     w = w if a.get("transB", 0) else w.T
     return w * a.get("alpha", 1.0)
+
+
+def _fc_per_location(ctx: TSGBContext, node, g: str) -> str:
+    """TSGB-FC at every location of a class-scoring 1×1 conv (W [K, C, 1, 1]):
+    z± = Conv(a, W±), β = γ z⁺ / |z⁻|, ĝ_a = Conv(ĝ_z, W⁺ᵀ) + Conv(β ⊙ ĝ_z, W⁻ᵀ). A ReLU
+    right after the conv passes ĝ_y unmasked (see `relu`): the mask 1[y > 0] is applied here."""
+    b, a = ctx.b, node.input[0]
+    relu_node = _relu_after(ctx, node.output[0])
+    if relu_node is not None:
+        g = activations.relu_gradient(ctx, relu_node, [g])[0]
+    w = ctx.index.const(node.input[1]).astype(np.float32)
+    w_pos, w_neg = np.maximum(w, 0), np.minimum(w, 0)
+    z_pos, z_neg = b.op("Conv", a, b.const(w_pos)), b.op("Conv", a, b.const(w_neg))
+    beta = b.op("Div", b.op("Mul", z_pos, b.const(np.float32(ctx.options.gamma))),
+                b.op("Add", b.op("Abs", z_neg), b.const(np.float32(EPS))))
+    back = lambda m: b.const(np.ascontiguousarray(m.transpose(1, 0, 2, 3)))
+    return b.op("Add", b.op("Conv", g, back(w_pos)), b.op("Conv", b.op("Mul", g, beta), back(w_neg)))
 
 
 @TSGB.rule("Gemm", "MatMul")
