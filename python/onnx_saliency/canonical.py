@@ -82,6 +82,7 @@ class Canonicalization:
     fixed_batch: int | None = None   # make_batch_dynamic: the batch the model is stuck at
     weights: Weights = field(default_factory=dict)   # the placeholders' values (split_weights)
     keep_deployed: bool = False      # canonicalize(deployed=True)
+    input_size: tuple[int, int] | None = None   # canonicalize(input_size=): fixes symbolic H, W
     deployed: onnx.ModelProto | None = None   # formats.keep_deployed_forward: the model as loaded
 
 
@@ -545,6 +546,32 @@ def channels_first_input(state: Canonicalization) -> None:
                                                      name="osal/nhwc_input", perm=[0, 2, 3, 1]))
 
 
+def fix_input_size(state: Canonicalization) -> None:
+    """With `input_size` (H, W): the image input's symbolic H and W set to it (the explainer's
+    rules that need lengths, such as Resize's, then know them); a model fixed to another size
+    is refused. Without it, the model is left as it is."""
+    if state.input_size is None:
+        return
+    h, w = (int(v) for v in state.input_size)
+    if h <= 0 or w <= 0:
+        raise ModelLoadError(f"input_size must be two positive ints (H, W), not {state.input_size!r}.")
+    inp = next(i for i in state.model.graph.input if i.name == state.input_name)
+    dims = inp.type.tensor_type.shape.dim
+    for axis, want in ((2, h), (3, w)):
+        if dims[axis].HasField("dim_value") and dims[axis].dim_value != want:
+            raise ModelLoadError(
+                f"The model takes {dims[2].dim_value or '?'}x{dims[3].dim_value or '?'} images "
+                f"(H x W); input_size asks for {h}x{w}.")
+    changed = False
+    for axis, want in ((2, h), (3, w)):
+        if not dims[axis].HasField("dim_value"):
+            dims[axis].Clear()
+            dims[axis].dim_value = want
+            changed = True
+    if changed:   # shapes inferred for symbolic sizes go: make_batch_dynamic infers them anew
+        del state.model.graph.value_info[:]
+
+
 def make_batch_dynamic(state: Canonicalization) -> None:
     """Ensures dim 0 of the input and the output is the batch symbol `N`, a fixed batch in
     constant Reshape shapes included; shapes inferred, the forward pass checked to fit in
@@ -620,6 +647,7 @@ PASSES: tuple[Pass, ...] = (
     formats.float32_image_input,
     find_image_input,
     channels_first_input,
+    fix_input_size,
     make_batch_dynamic,
     fold_constants,
     formats.type_quantized_ops,
@@ -627,13 +655,15 @@ PASSES: tuple[Pass, ...] = (
 
 
 def canonicalize(source: ModelSource, layout: str = "NCHW", output: str | None = None,
-                 apart: bool = False, deployed: bool = False) -> CanonicalModel:
+                 apart: bool = False, deployed: bool = False,
+                 input_size: tuple[int, int] | None = None) -> CanonicalModel:
     """The canonical form of a model (see the module docstring): loaded, repaired, then
     rewritten by PASSES in order and checked. `layout`: the image input's, "NCHW" or "NHWC";
     `output`: the graph output to explain (default: see `choose_output`). `apart`: the large
     initializers stay out of the model from the load on (placeholders; their values in
     `weights`, one copy), else the model holds them all. `deployed`: a model in a deployed
-    format keeps its own forward pass as loaded (`CanonicalModel.deployed`)."""
+    format keeps its own forward pass as loaded (`CanonicalModel.deployed`). `input_size`:
+    (H, W) for an image input whose H and W are symbolic (fix_input_size)."""
     if layout not in ("NCHW", "NHWC"):
         raise ModelLoadError(f"layout must be 'NCHW' or 'NHWC', not {layout!r}.")
     model, used_external = _load(source)
@@ -641,7 +671,8 @@ def canonicalize(source: ModelSource, layout: str = "NCHW", output: str | None =
     if apart:
         model, weights = split_weights(model)   # the loaded copy is freed when `model` moves on
     state = Canonicalization(repair(model), layout, output, weights=weights,
-                             keep_deployed=deployed)
+                             keep_deployed=deployed,
+                             input_size=tuple(input_size) if input_size is not None else None)
     del model
     for run_pass in PASSES:
         run_pass(state)   # called from here: their warnings point at canonicalize's caller

@@ -299,6 +299,8 @@ class Explainer:
     `output`: the name of the model output to explain; default the only output, or the logits
     where the outputs are the logits and their (Log)Softmax; other multi-output models must
     name one. The seed sits on the chosen output's pre-softmax logits.
+    `input_size`: (H, W) for a model whose image height and width are symbolic (many detector
+    exports): fixed to it, so rules that need lengths (Resize in a detector's neck) know them.
 
     The saved graph's outputs, by name: the logits, one map per key in `map_names` (that
     order), and `finite` (bool [N]: the image's maps and logits hold no NaN/Inf). A target
@@ -311,9 +313,11 @@ class Explainer:
                  providers: Sequence[str] | None = None, *, threads: int | None = None,
                  fused: bool | None = None, combine: str | None = None,
                  weights: str | Sequence[float] = "uniform", meta: bool = False,
-                 meta_lr: float = 2.5e-3, layout: str = "NCHW", output: str | None = None):
+                 meta_lr: float = 2.5e-3, layout: str = "NCHW", output: str | None = None,
+                 input_size: tuple[int, int] | None = None):
         # the weights once, apart from the graphs (not for meta: its Scan body holds them)
-        self._canon = canonicalize(model, layout, output, apart=not meta, deployed=True)
+        self._canon = canonicalize(model, layout, output, apart=not meta, deployed=True,
+                                   input_size=input_size)
         if not np.isfinite(meta_lr) or meta_lr < 0:
             raise MethodError(f"meta_lr must be a non-negative number, not {meta_lr!r}.")
         self.meta, self.meta_lr = bool(meta), float(meta_lr)
@@ -603,12 +607,13 @@ def run_chunks(session, names: Sequence[str], feeds: dict[str, np.ndarray], step
 
 
 def gradient(model: ModelSource, images: np.ndarray, target: TargetLike | Target = None,
-             output: str | None = None) -> np.ndarray:
+             output: str | None = None, input_size: tuple[int, int] | None = None
+             ) -> np.ndarray:
     """∂s_i/∂image_i for each image i, float32 of the images' shape: the raw input gradient of
     the target's score (onnx_saliency.targets; an int, per-image ints or None: the class logit,
-    None the top-1). `output`: the model output explained, as in `Explainer`. Built as one
+    None the top-1). `output`, `input_size`: as in `Explainer`. Built as one
     backward graph (the gradient walk) and run in ONNX Runtime on the CPU."""
-    canon = canonicalize(model, output=output, apart=True)
+    canon = canonicalize(model, output=output, apart=True, input_size=input_size)
     target = targets_mod.resolve(target)
     asm = _Assembly(canon, target=target)
     names = LayerNames(asm.index, canon.input_name)

@@ -298,7 +298,9 @@ def _transposed_resize(ctx: RuleContext, node, g: str, plan, mode: str, coordina
         if n == m and scale == 1.0 and coordinates != "tf_crop_and_resize":
             continue   # the identity (every mode maps i to i at scale 1)
         if not isinstance(n, int) or not isinstance(m, int):
-            raise ctx.unsupported(node, f"resizes axis {ax}, whose length is unknown")
+            raise ctx.unsupported(node, f"resizes axis {ax}, whose length is unknown (a model "
+                                  "with symbolic image sizes: give Explainer(..., "
+                                  "input_size=(H, W)))")
         matrix = interpolation_matrix(n, m, scale, mode, coordinates, nearest_mode, cubic_a,
                                       exclude, roi)
         if np.array_equal(matrix, np.eye(n)):
