@@ -13,7 +13,9 @@ Preprocessing for `explain`: --mean/--std/--size flags, else the model's metadat
 `onnx_saliency.resize`, else crop (viz.py). Class labels (for --target LABEL and the captions):
 --labels FILE (one per line) or --labels imagenet (the 1,000 built-in names), else the metadata key
 `onnx_saliency.labels` (a JSON list). Overlays are drawn at each photo's resolution, captioned;
---report HTML also writes a self-contained page of the run (report.py).
+--report HTML also writes a self-contained page of the run (report.py). What is explained: one
+target flag (TARGET_FORMS_HELP; TargetForm turns it into an onnx_saliency.targets object per
+batch, boxes and masks fitted from photo pixels as the photo is).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import Explainer, default_layers, viz
+from . import Explainer, default_layers, targets, viz
+from .cli_targets import TARGET_FORMS_HELP, TargetForm, anchor_arg, box_arg, detection_arg
 from .combine import COMBINATIONS
 from .errors import LayerNotFoundError, SaliencyError
 from .methods import REGISTRY
@@ -96,17 +99,6 @@ def _metadata(proto) -> dict:
     return out
 
 
-def _target(target: str, labels: list[str] | None):
-    if target == "top1":
-        return None
-    if target.lstrip("-").isdigit():
-        return int(target)
-    if labels and target in labels:
-        return labels.index(target)
-    known = "; known labels include " + ", ".join(labels[:5]) if labels else " (no labels known: pass --labels FILE)"
-    raise UsageError(f"--target must be 'top1', a class index or a class label, not '{target}'{known}")
-
-
 def _input_dims(proto) -> tuple[str, list]:
     """The model's image input: its name and dims (an int, or None when symbolic)."""
     inits = {i.name for i in proto.graph.initializer}
@@ -115,6 +107,18 @@ def _input_dims(proto) -> tuple[str, list]:
         return "", []
     return inp.name, [d.dim_value if d.HasField("dim_value") else None
                       for d in inp.type.tensor_type.shape.dim]
+
+
+def _symbolic_size(proto, layout: str, size) -> tuple[int, int] | None:
+    """For a model whose image height or width is symbolic: the (H, W) it is explained at
+    (--size, else the metadata's size, else 224 for each symbolic side); else None."""
+    _, dims = _input_dims(proto)
+    if len(dims) != 4:
+        return None
+    hw = dims[2:] if layout == "NCHW" else dims[1:3]
+    if all(isinstance(d, int) and d > 0 for d in hw):
+        return None
+    return tuple(int(v) for v in size) if size else tuple(d or 224 for d in hw)
 
 
 def _check_layout(proto, layout: str) -> None:
@@ -155,27 +159,33 @@ def _explain(model, files, methods, layers, target, out: Path, size, preset, bat
     _check_layout(proto, layout)
     meta = _metadata(proto)
     labels = labels or meta.get("labels")
-    cls_target = _target(target, labels)
+    form = target if isinstance(target, TargetForm) else \
+        TargetForm("class", None if target == "top1" else target)
+    form.resolve_class(labels, len(files))
+    size = size or meta.get("size")
     ex = _layer_errors(lambda: Explainer(proto, methods=methods, layers=layers or None,
-                                         providers=providers, layout=layout, **(options or {})),
+                                         providers=providers, layout=layout,
+                                         input_size=_symbolic_size(proto, layout, size),
+                                         **(options or {})),
                        model)
-    k = ex.num_classes
-    if cls_target is not None and k is not None and not 0 <= cls_target < k:
-        raise UsageError(f"--target {cls_target} is not a class of this model (0 to {k - 1})")
+    if form.kind == "class":
+        form.check(ex, files, None, None)
     model_c = ex.input_shape[1] if isinstance(ex.input_shape[1], int) else None
     if channels and model_c and channels != model_c:
         raise UsageError(f"--channels {channels}, but the model takes {model_c}-channel images")
     channels = channels or (1 if model_c == 1 else 3)
     mean = _norm(mean, meta.get("mean") or PRESETS[preset][0], channels, "--mean")
     std = _norm(std, meta.get("std") or PRESETS[preset][1], channels, "--std")
-    size = size or meta.get("size")
     h, w = size if size else [d if isinstance(d, int) else 224 for d in ex.input_shape[2:]]
     resize = resize or meta.get("resize") or viz.DEFAULT_RESIZE
     if resize not in viz.RESIZE_MODES:
         raise UsageError(f"the model's metadata onnx_saliency.resize is '{resize}'; pass --resize "
                          f"{'|'.join(viz.RESIZE_MODES)}")
     fill = tuple(int(round(255 * float(v))) for v in np.broadcast_to(mean.ravel(), (3,)))
+    if form.kind != "class":
+        form.check(ex, files, (h, w), resize)
     stems = output_stems(files)
+    position = {stem: i for i, stem in enumerate(stems)}   # distinct: the file's index
     timing = {"load_s": time.perf_counter() - started, "explain_s": 0.0}
     with run_folder(out, str(model), overwrite) as run:
         progress = _progress(len(files))
@@ -183,7 +193,7 @@ def _explain(model, files, methods, layers, target, out: Path, size, preset, bat
             chunk = list(zip(files[start:start + batch_size], stems[start:start + batch_size]))
             batch = _readable(run, chunk, (h, w), channels, resize, fill)
             if batch:
-                _write_batch(run, ex, batch, cls_target, labels, (mean, std), timing)
+                _write_batch(run, ex, batch, form, labels, (mean, std), timing, position)
             progress.update(len(chunk))
         progress.close()
         if not run.maps:
@@ -236,16 +246,27 @@ def _probabilities(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
-def _write_batch(run: Run, ex, batch, cls_target, labels, norm, timing=None) -> None:
+def _write_batch(run: Run, ex, batch, form: "TargetForm", labels, norm, timing=None,
+                 position=None) -> None:
     """Explain one batch and write its maps (overlays at each photo's resolution, captioned with
-    the class, its name and softmax probability), then maps.json; SIGTERM waits for the writes."""
+    the class, its name and softmax probability, or with what else was explained), then
+    maps.json; SIGTERM waits for the writes. `position`: each stem's index among the files."""
     mean, std = norm
     x = np.stack([(img.transpose(2, 0, 1) / 255.0 - mean) / std for _, _, _, img, _ in batch])
+    if form.kind == "class":
+        target = form.k                   # today's ints (None: each image's top-1)
+    else:
+        target = form.target([((position or {}).get(stem, 0), fit)
+                              for _, stem, _, _, fit in batch], ex.output_shape)
     began = time.perf_counter()
-    result = ex.run(x.astype(np.float32), cls_target)
+    result = ex.run(x.astype(np.float32), target)
     if timing is not None:
         timing["explain_s"] += time.perf_counter() - began
     logits = result.pop("logits")
+    if form.kind != "class":
+        _write_explained(run, batch, form, target, logits, result)
+        return
+    cls_target = form.k
     probs = _probabilities(logits)
     with SIGNALS.critical():
         for i, (f, stem, rgb, _, fit) in enumerate(batch):
@@ -261,6 +282,21 @@ def _write_batch(run: Run, ex, batch, cls_target, labels, norm, timing=None) -> 
                     entry["label"] = label
                 run.add(stem, entry, rgb, maps[i], fit,
                         viz.caption_for(cls, entry["probability"], label, key))
+        run.flush()
+
+
+def _write_explained(run: Run, batch, form: "TargetForm", target, logits, result) -> None:
+    """_write_batch's maps for a target other than a class: entries and captions from
+    TargetForm.describe; a detection's box drawn on its overlays."""
+    with SIGNALS.critical():
+        for i, (f, stem, rgb, _, fit) in enumerate(batch):
+            fields, caption, box = form.describe(target, i, logits[i], fit)
+            for key, maps in result.items():
+                entry = {"image": str(f), "method": key.split("@")[0],
+                         "layer": key.split("@")[1] if "@" in key else None, "map": key,
+                         **fields, "photo_box": list(fit.photo_box),
+                         "model_box": list(fit.model_box)}
+                run.add(stem, entry, rgb, maps[i], fit, f"{caption} · {key}", box=box)
         run.flush()
 
 
@@ -329,9 +365,12 @@ def _export(args) -> None:
     if not out.parent.is_dir():
         raise UsageError(f"-o '{out}': no such folder '{out.parent}'")
     options = _explainer_options(args)
-    ex = _layer_errors(lambda: Explainer(args.model, methods=args.method or ["gradient"],
+    from .canonical import load_model
+    proto = load_model(args.model)
+    size = _symbolic_size(proto, "NCHW", args.size or _metadata(proto).get("size"))
+    ex = _layer_errors(lambda: Explainer(proto, methods=args.method or ["gradient"],
                                          layers=args.layer, fused=True if args.fused else None,
-                                         **options), args.model)
+                                         input_size=size, **options), args.model)
     data = out.with_name(out.stem + ".data")   # external data, for models over 2 GB
     existed = data.exists()
     try:
@@ -381,9 +420,10 @@ def _explain_command(args) -> None:
         raise UsageError(f"--out '{out}' is an input folder: the maps would be read as images by "
                          "the next run; choose another --out")
     files = _image_files(args.images)
+    form = TargetForm.from_args(args)
     _check_model_path(args.model)
     return _explain(args.model, files, args.method or ["gradient"],
-                    args.layer, args.target, out, args.size, args.preset,
+                    args.layer, form, out, args.size, args.preset,
                     args.batch_size, args.providers, args.mean, args.std, labels, args.layout,
                     _explainer_options(args), args.overwrite, args.channels, args.resize,
                     args.report)
@@ -455,7 +495,33 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--layer", action="append", default=None,
                      help="layer for layer methods, repeatable ('stages': the stage set; "
                           "`onnx-saliency layers MODEL` lists the names)")
-    exp.add_argument("--target", default="top1", help="'top1', a class index or a class label")
+    forms = exp.add_argument_group("targets", TARGET_FORMS_HELP).add_mutually_exclusive_group()
+    forms.add_argument("--target", default=None, metavar="top1|K|LABEL",
+                       help="a class: 'top1' (each image's top-1, the default), a class index or "
+                            "a class label, also written class:K or class:LABEL")
+    forms.add_argument("--region", default=None, metavar="K|LABEL",
+                       help="Σ of class K's logits over --region-mask, else over the pixels "
+                            "predicted as K, of a dense output [N, K, H, W] (also class:K)")
+    forms.add_argument("--box", type=box_arg, default=None, metavar="x1,y1,x2,y2[:CLASS]",
+                       help="the detector candidate that best matches this box (photo pixels, "
+                            "fitted as the photo is) by IoU × score, for CLASS or its best class")
+    forms.add_argument("--anchor", type=anchor_arg, default=None, metavar="I[:CLASS]",
+                       help="detector candidate I (its index on the output's candidate axis)")
+    forms.add_argument("--detection", type=detection_arg, default=None, metavar="top[:CLASS]",
+                       help="the detector's top-scoring candidate (for CLASS, or over all classes)")
+    forms.add_argument("--reference", default=None, metavar="EMB.npy",
+                       help="cos(embedding, reference) for an embedding output [N, D]: one [D] "
+                            "vector, or one row per image in the images' order")
+    forms.add_argument("--cotangent", default=None, metavar="A.npy",
+                       help="<A, output>: A of one image's output shape, or one per image")
+    exp.add_argument("--region-mask", default=None, metavar="PNG",
+                     help="with --region: the mask, an image of the photo's size whose non-black "
+                          "pixels are summed (fitted as the photo is, then sampled at the "
+                          "output's resolution)")
+    exp.add_argument("--detector-layout", choices=targets.LAYOUTS, default=None,
+                     help="the detector output's layout for --box/--anchor/--detection: yolov5 "
+                          "[N, A, 5+K], yolov8 [N, 4+K, A], or auto (the default: yolov8 when "
+                          "dims[1] < dims[2])")
     exp.add_argument("--labels", default=None, metavar="FILE|imagenet",
                      help="class names for --target and the captions: a file (one per line), or "
                           "'imagenet' for the 1,000 built-in ImageNet-1k names (default: the "
@@ -508,6 +574,9 @@ def _parser() -> argparse.ArgumentParser:
     xp.add_argument("--method", action="append", default=None, help=METHOD_HELP)
     xp.add_argument("--layer", action="append", default=None,
                     help="layer for layer methods, repeatable ('stages': the stage set)")
+    xp.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                    help="the input size H W for a model whose image size is symbolic (default: "
+                         "the metadata's onnx_saliency.size, else 224 for each symbolic side)")
     _add_explainer_options(xp)
     kind = xp.add_mutually_exclusive_group()
     kind.add_argument("--portable", action="store_true",

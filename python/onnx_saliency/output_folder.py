@@ -218,9 +218,10 @@ class Run:
         self._taken.update(names)
 
     def add(self, stem: str, entry: dict, rgb: np.ndarray, saliency: np.ndarray, fit=None,
-            caption: str | None = None) -> None:
+            caption: str | None = None, box=None) -> None:
         """Write the map's .npy (as given) and its overlay on the photo `rgb` (placed through the
-        viz.Fit `fit`, captioned), then list them."""
+        viz.Fit `fit`, captioned, with the rectangle `box` in photo pixels drawn on it), then
+        list them."""
         from .viz import MIN_LONG_SIDE, save_overlay
 
         key = re.sub(r"[^\w.-]", "_", entry["map"].replace("@", "_at_"))
@@ -229,7 +230,7 @@ class Run:
         with atomic(npy) as npy_part, atomic(png) as png_part:
             np.save(npy_part, saliency)
             save_overlay(png_part, rgb, saliency, colorbar=True, fit=fit, caption=caption,
-                         min_long_side=MIN_LONG_SIDE)
+                         min_long_side=MIN_LONG_SIDE, box=box)
         self.maps.append({**entry, "npy": npy.name, "png": png.name})
 
     def skip(self, image: Path, reason: str) -> None:

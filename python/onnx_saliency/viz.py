@@ -208,18 +208,24 @@ def _enlarged(rgb: np.ndarray, fit: Fit | None, min_long_side: int):
 
 def overlay(image, saliency: np.ndarray, alpha: float = 0.55, colormap: str = "inferno",
             colorbar: bool = False, caption: str | None = None, fit: Fit | None = None,
-            min_long_side: int = 0) -> Image.Image:
+            min_long_side: int = 0, box=None) -> Image.Image:
     """The colour-mapped map blended onto the image (uint8 [0, 255] or float [0, 1]) at the
     image's resolution: `fit` says how the image was fitted to the model (default: the map
     stretched over the whole image); with `colorbar`, a bar on the right from 0 (bottom) to 1
     (top) of the display scale, with ticks and its label; `caption`, a line of text above;
-    `min_long_side`, small images enlarged by a whole factor until their long side reaches it."""
+    `min_long_side`, small images enlarged by a whole factor until their long side reaches it;
+    `box` (x1, y1, x2, y2 in the image's pixels), a rectangle drawn on the blend (`draw_box`)."""
     rgb = as_rgb8(image)
     m = _check_map(saliency)
     if min_long_side and fit is None:
         fit = Fit.squash(rgb.shape[:2], m.shape)
+    k = rgb.shape[0]
     rgb, fit = _enlarged(rgb, fit, min_long_side)
-    picture = Image.fromarray(_blend(rgb, m, fit, alpha, colormap))
+    blended = _blend(rgb, m, fit, alpha, colormap)
+    if box is not None:
+        k = rgb.shape[0] / k   # the whole enlargement factor
+        blended = draw_box(blended, [v * k for v in box])
+    picture = Image.fromarray(blended)
     if colorbar:
         picture = with_colorbar(picture, colormap)
     return with_caption(picture, caption) if caption else picture
@@ -308,3 +314,28 @@ def grid(image, maps: Mapping[str, np.ndarray], columns: int = 4, colormap: str 
         canvas.paste(tile, (x, y + LABEL_H))
     picture = with_colorbar(canvas, colormap)
     return with_caption(picture, caption) if caption else picture
+
+
+BOX_WIDTH = 3            # draw_box's light stroke, between two 1 px dark edges
+
+
+def draw_box(image, box, width: int = BOX_WIDTH, colour=(255, 255, 255),
+             edge=(0, 0, 0)) -> np.ndarray:
+    """A copy of the image (uint8 RGB [H,W,3], or as `as_rgb8` takes) with the rectangle `box`
+    (x1, y1, x2, y2 in pixels, continuous coordinates: pixel i spans [i, i+1)) drawn on it: a
+    `width`-pixel stroke of `colour`, with a 1 px `edge` on both sides so that it reads on any
+    colour map, centred on the box's outermost pixels (columns ⌊x1⌋ and ⌈x2⌉−1, rows likewise);
+    parts outside the image are left out."""
+    rgb = as_rgb8(image)
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if not all(map(math.isfinite, (x1, y1, x2, y2))) or x2 <= x1 or y2 <= y1:
+        raise InputError(f"a box must be (x1, y1, x2, y2) with x2 > x1 and y2 > y1, not {box!r}")
+    left, top = math.floor(x1), math.floor(y1)
+    right, bottom = max(left, math.ceil(x2) - 1), max(top, math.ceil(y2) - 1)
+    picture = Image.fromarray(rgb)
+    draw = ImageDraw.Draw(picture)
+    half = width // 2
+    for grow, fill, stroke in ((half + 1, edge, width + 2), (half, colour, width)):
+        draw.rectangle([left - grow, top - grow, right + grow, bottom + grow], outline=fill,
+                       width=stroke)
+    return np.array(picture)
