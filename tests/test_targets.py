@@ -120,17 +120,29 @@ SEGMENTERS = [pytest.param("lraspp_mobilenet_v3_large"), pytest.param("deeplabv3
               pytest.param("fcn_resnet50", marks=pytest.mark.slow)]   # fcn_resnet50: ~35 s
 
 
+HEAD_INPUT = {   # the tensor feeding each segmenter's head: its default Grad-CAM layer
+    "fcn_resnet50": "/model/backbone/layer4/layer4.2/Add_output_0",                 # layer4
+    "deeplabv3_mobilenet_v3_large": "/model/classifier/classifier.0/Concat_output_0",  # ASPP
+    "lraspp_mobilenet_v3_large":                                         # the low features
+        "/model/backbone/backbone.4/block/block.3/block.3.0/Conv_output_0",
+}
+
+
 @pytest.mark.parametrize("name", SEGMENTERS)
 def test_region_matches_autograd_of_the_masked_sum(name, tmp_path):
     """Region(k, mask) and Region(k) (the pixels ORT predicts as k) against autograd of
     Σ_{mask} out[:, k] on the same random-weight segmenter, ReLU/Clip/MaxPool decisions pinned
-    to ONNX Runtime's; relative error ≤ 1e-4 (measured ~1e-6: float32 summation order)."""
+    to ONNX Runtime's; relative error ≤ 1e-4 (measured ~1e-6: float32 summation order). The
+    default layer is the feature map feeding the head."""
     import torch
     path, net, x = _segmenter(name, tmp_path)
     mask = np.zeros((SIZE, SIZE), bool)
     mask[10:30, 20:50] = True
     _check_against_autograd(path, net, x, T.Region(2, mask),
                             lambda out: (out[:, 2] * torch.from_numpy(mask)).sum())
+    # the layer methods' default: the feature map feeding the head (layers.dense_head_input)
+    tap = osal.Explainer(path, methods=["gradcam"]).requests[0].tensor
+    assert tap == HEAD_INPUT[name], tap
     logits = make_session(onnx.load(str(path))).run(None, {"input": x})[0]
     predicted = logits.argmax(1)
     k = int(np.bincount(predicted.ravel(), minlength=K).argmax())   # a class that is predicted

@@ -377,7 +377,8 @@ def choose_output(state: Canonicalization) -> None:
     """Keep one graph output, the one explained, with the seed on its pre-softmax logits, and
     only the nodes it needs (before the opset converter rewrites a Softmax-11).
 
-    The output is `state.output` when given, else the only one, else the logits where every
+    The output is `state.output` when given (a graph output, or any tensor a node makes: an
+    intermediate head), else the only one, else the logits where every
     output is those logits or their (Log)Softmax (a Keras/TF export's (probabilities, logits));
     any other set of outputs is refused with one sentence listing them. A trailing (Log)Softmax
     on the chosen output is bypassed (with a warning naming the node). Records the chosen
@@ -389,9 +390,12 @@ def choose_output(state: Canonicalization) -> None:
     producer = {o: n for n in graph.node for o in n.output}
     wanted = state.output
     if wanted is not None:
-        if wanted not in outputs:
-            raise ModelLoadError(f"output={wanted!r} is not an output of the model; its outputs "
-                                 f"are {_listing(graph)}.")
+        if wanted not in outputs and wanted not in producer:
+            raise ModelLoadError(f"output={wanted!r} is neither an output of the model nor a "
+                                 f"tensor a node makes; its outputs are {_listing(graph)}.")
+        if wanted not in outputs:   # an intermediate tensor (a head before its decoding)
+            graph.output.append(onnx.helper.make_empty_tensor_value_info(wanted))
+            outputs.append(wanted)
         chosen = wanted
     elif len(outputs) == 1:
         chosen = outputs[0]

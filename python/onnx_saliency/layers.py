@@ -566,7 +566,8 @@ def detector_levels(index: GraphIndex, input_name: str, output: str) -> list[Det
 def _common_dominator(index: GraphIndex, input_name: str, heads: list[str], ancestors: set,
                       order: dict) -> str | None:
     """The latest tensor (in graph order) other than `heads` that every path from the image
-    to them passes through."""
+    to them through float tensors passes through (shape arithmetic, such as a Resize's sizes
+    read off the image, is no path of values)."""
     above = set(heads)
     frontier = list(heads)
     while frontier:                              # the heads' ancestors
@@ -585,7 +586,7 @@ def _common_dominator(index: GraphIndex, input_name: str, heads: list[str], ance
                 for o in node.output:
                     if o in heads:
                         return True
-                    if o and o != cut and o in above and o not in seen:
+                    if o and o != cut and o in above and o not in seen and index.is_float(o):
                         seen.add(o)
                         todo.append(o)
         return False
@@ -602,19 +603,28 @@ def four_d_float(index: GraphIndex, t: str) -> bool:
 
 
 def dense_head_input(index: GraphIndex, input_name: str, output: str) -> str | None:
-    """For a dense output [N, K, H, W] (H, W > 1): the feature map feeding its class-scoring 1×1
-    convs (backward/classifier.scoring_convs; the head's classifier), or, where there are several
-    (LR-ASPP's low and high branches), the latest tensor every path to them passes through.
-    None for other outputs or where no such conv exists."""
-    from .backward.classifier import scoring_convs
+    """For a dense output [N, K, H, W] (H, W > 1): the feature map feeding its head: on the
+    output's chain of dominators (tensors every path from the image to the output passes
+    through), the latest one where paths meet (an Add or Concat of two computed tensors) or
+    part (read by two nodes), other than a map of K channels (the head's own sum of class
+    maps): FCN's backbone output (layer4's residual Add), DeepLabV3's ASPP concatenation,
+    LR-ASPP's low-level features (read by its classifier and by the backbone), a DBNet's FPN
+    concatenation. None for other outputs or where none is found."""
     shape = index.shapes.get(output)
     if shape is None or len(shape) != 4 or shape[2] == 1 or shape[3] == 1:
         return None
-    chosen = scoring_convs(index)
-    inputs = list(dict.fromkeys(n.input[0] for n in index.nodes if n.name in chosen))
-    if not inputs:
-        return None
-    if len(inputs) == 1:
-        return inputs[0]
     order = {n.name: i for i, n in enumerate(index.nodes)}
-    return _common_dominator(index, input_name, inputs, set(index.producer) | {input_name}, order)
+    every = set(index.producer) | {input_name}
+    t = output
+    for _ in range(64):
+        t = _common_dominator(index, input_name, [t], every, order)
+        node = index.producer.get(t) if t is not None else None
+        if node is None:
+            return None
+        computed = [i for i in node.input if i and i in index.producer and index.const(i) is None]
+        merge = node.op_type in ("Add", "Concat", "Sum") and len(computed) >= 2
+        readers = [n for n in index.consumers.get(t, []) if n.op_type not in ("Shape", "Size")]
+        dims = index.shapes.get(t)
+        if (merge or len(readers) >= 2) and dims is not None and dims[1] != shape[1]:
+            return t
+    return None

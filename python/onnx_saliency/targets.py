@@ -172,7 +172,8 @@ class Region(Target):
     """s = Σ over the mask of class k's logits, for a dense output [N, K, H, W]
     (pytorch-grad-cam's SemanticSegmentationTarget): seed onehot(k) ⊗ mask. `mask`: bool
     [H, W] at the output's resolution (every image) or [N, H, W]; None: the pixels where the
-    model predicts k (argmax over K, computed in the graph from the logits it returns)."""
+    model predicts k (argmax over K, computed in the graph from the logits it returns; for a
+    one-channel output, K = 1, the pixels above 0.5 where it is a Sigmoid's, else above 0)."""
 
     kind = "region"
 
@@ -222,6 +223,10 @@ class Region(Target):
         onehot = b.unsqueeze(_class_onehot(b, index, output, shown), [2, 3])   # [N, K, 1, 1]
         if self.mask is not None:
             where = b.unsqueeze(MASK, [1])                                       # [N, 1, H, W]
+        elif _static(_shape(index, output)[1]) == 1:    # one channel: a probability or a logit
+            producer = index.producer.get(output)
+            half = 0.5 if producer is not None and producer.op_type == "Sigmoid" else 0.0
+            where = b.op("Greater", shown, b.const(np.float32(half)))            # [N, 1, H, W]
         else:
             predicted = b.op("ArgMax", shown, axis=1, keepdims=1)                # [N, 1, H, W]
             where = b.op("Equal", predicted, b.unsqueeze(CLASS, [1, 2, 3]))
