@@ -399,6 +399,20 @@ def test_detection_class_by_label(models, photos, tmp_path, capsys):
         assert e["label"] == "dog" and e["target"]["asked_class"] == 1
 
 
+def test_report_names_the_detection(models, photos, tmp_path, capsys):
+    """--report with a detection target: each figure's caption names the kind, the explained
+    candidate and its score (not the raw maps.json entry)."""
+    out, report = tmp_path / "out", tmp_path / "report.html"
+    code, _ = run_cli(capsys, "explain", models["det"], *photos, "--out", out, "--detection",
+                      "top:1", "--report", report)
+    assert code == 0
+    page = report.read_text()
+    entries = json.loads((out / "maps.json").read_text())["maps"]
+    t = entries[0]["target"]
+    assert f"detection: mode top, anchor {t['anchor']}, class 1 (score " in page
+    assert "{'kind'" not in page and "&#x27;kind&#x27;" not in page
+
+
 def test_draw_box_places_its_stroke_on_the_box_edges():
     """viz.draw_box: a 3 px white stroke centred on the box's outermost pixels (⌊x1⌋,
     ⌈x2⌉ − 1), a 1 px dark edge on each side; parts outside the picture left out."""

@@ -268,3 +268,21 @@ def test_bad_detection_targets_get_one_sentence_each(detector, tmp_path):
     cnn = tiny_cnn(tmp_path / "cnn.onnx", (16, 16))
     with pytest.raises(ModelError, match="single-stage detector"):
         osal.Explainer(cnn).run(np.zeros((1, 3, 16, 16), np.float32), T.Detection())
+
+
+def test_the_distributed_payload_feeds_a_detection_graphs_inputs(detector, tmp_path):
+    """distributed.BatchExplainer feeds every input the saved graph declares from the batch
+    (`target_box` here), and names a missing one."""
+    from onnx_saliency.distributed import BatchExplainer
+    layout, path, net, x = detector
+    target = T.Detection(box=(1, 1, 8, 9), class_=1)
+    ex = osal.Explainer(path, methods=["gradient", "gradcam"])
+    saved = tmp_path / "explainer.onnx"
+    ex.save(saved, target=target)
+    payload = BatchExplainer(saved.read_bytes())
+    got = payload({"image": x, "target": np.full(len(x), 1), "target_box": np.tile(
+        np.float32([1, 1, 8, 9]), (len(x), 1))})
+    for key, value in ex.explain(x, target).items():
+        np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=1e-6 * np.abs(value).max())
+    with pytest.raises(InputError, match="takes 'target_box'"):
+        payload({"image": x})

@@ -9,8 +9,10 @@ lazily on the worker, so it pickles cheaply and plugs into existing engines unch
     # Dask: one payload, mapped over partitions of batches
     dask.bag.from_sequence(batches).map(BatchExplainer(graph)).compute()
 
-A batch is a mapping {"image": float32 [N,C,H,W], "target": int64 [N] (−1 = top-1, optional)};
-the result is the same mapping plus "logits" and one [N,H,W] array per map.
+A batch is a mapping {"image": float32 [N,C,H,W], "target": int64 [N] (−1 = top-1, optional)},
+plus, for a graph saved with another target kind, its other inputs by name (`target_mask`,
+`target_anchor`, `target_box`, …: the graph's metadata `onnx_saliency.target` lists them); the
+result is the same mapping plus the explained output and one [N,H,W] array per map.
 """
 
 from __future__ import annotations
@@ -46,9 +48,18 @@ class BatchExplainer:
         if "image" not in batch:
             raise InputError("A batch needs an 'image' array [N,C,H,W].")
         images = np.ascontiguousarray(batch["image"], np.float32)
-        target = batch.get("target")
-        target = np.full(len(images), -1, np.int64) if target is None else np.asarray(target, np.int64)
         inputs = self.session.get_inputs()
-        outs = self.session.run(None, {inputs[0].name: images, inputs[1].name: target})
+        feeds = {inputs[0].name: images}
+        for spec in inputs[1:]:
+            value = batch.get(spec.name)
+            if value is None and spec.name == "target":
+                value = np.full(len(images), -1)          # each image's top-1
+            if value is None:
+                raise InputError(f"The explainer graph takes '{spec.name}' ({spec.type} "
+                                 f"{spec.shape}); add it to the batch.")
+            feeds[spec.name] = np.ascontiguousarray(
+                value, np.int64 if "int64" in spec.type else np.bool_ if "bool" in spec.type
+                else np.float32)
+        outs = self.session.run(None, feeds)
         names = [o.name for o in self.session.get_outputs()]
         return {**batch, "logits": outs[0], **dict(zip(names[1:], outs[1:]))}

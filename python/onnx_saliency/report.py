@@ -57,9 +57,15 @@ def _tile(name: str, image: Image.Image, kind: str) -> str:
 
 def _prediction(entry: dict) -> str:
     name = f' &ldquo;{html.escape(str(entry["label"]))}&rdquo;' if "label" in entry else ""
+    target = entry["target"]
+    if isinstance(target, dict):   # another target kind (cli_targets.TargetForm.describe)
+        shown = ", ".join(f"{k} {v}" for k, v in target.items()
+                          if k in ("mode", "anchor", "class", "mask", "pixels") and v is not None)
+        return (f'{html.escape(str(target["kind"]))}{name}: {html.escape(shown)} '
+                f'(score {entry["score"]:.3f})')
     p = entry.get("probability")
     prob = f", probability {p:.3f}" if p is not None else ""
-    return f'class {entry["target"]}{name}{prob} (logit {entry["score"]:.3f})'
+    return f'class {target}{name}{prob} (logit {entry["score"]:.3f})'
 
 
 def _figure(image: str, entries: list[dict], folder: Path) -> str:
