@@ -219,3 +219,40 @@ def test_relu6_with_one_element_bounds_is_relu_like():
     for method in METHODS:
         np.testing.assert_array_equal(maps[1][method], maps[0][method])
     assert rel_err(maps[1]["guided_backprop"], maps[1]["gradient"]) > 0.1
+
+
+@pytest.mark.parametrize("lo, hi", [(0.0, 6.0), (-1.0, 1.0), (0.5, 3.0), (None, 2.0), (-3.0, None),
+                                    (-1e-3, 1e30), (0.0, None), (-7.0, -2.0), (0.0, 1e-20)])
+def test_clip_gradient_is_exactly_the_inside_indicator(tmp_path, lo, hi):
+    """Clip's backward g·1[min < x < max], read off its output with exact float unit steps
+    (activations._side_step: HardSigmoid with power-of-two gains), against NumPy's indicator
+    on normal float32 inputs at, next to and far from each bound (and the Where form's fallback
+    where no exact gain exists: the tiny and huge bounds). Any mismatch is a wrong mask, not
+    rounding. (A subnormal activation, below 2^-126, can get a fractional step where the
+    runtime does not flush it: as the ReLU mask, unit_step.)"""
+    from onnx import TensorProto, helper, numpy_helper
+    bounds = [b for b in (lo, hi) if b is not None]
+    tiny = np.finfo(np.float32).tiny                      # the smallest normal float32
+    special = [0.0, tiny, -tiny, 2 * tiny, -1e-30, 1e-30, 3.0, 6.0, 1e30, -1e30]
+    for b in bounds:
+        b32 = np.float32(b)
+        special += [b32, b32 * 2, b32 / 2] + [v for v in (np.nextafter(b32, np.float32(np.inf)),
+                                                          np.nextafter(b32, np.float32(-np.inf)))
+                                              if v == 0 or abs(v) >= tiny]   # normal floats only
+    rng = np.random.default_rng(0)
+    x = np.concatenate([np.float32(special), rng.standard_normal(64 - len(special)).astype(np.float32) * 4])
+    x = x.reshape(1, 1, 8, 8).astype(np.float32)
+    inputs = ["x", "lo" if lo is not None else "", "hi" if hi is not None else ""]
+    inits = [numpy_helper.from_array(np.float32(v), n) for n, v in (("lo", lo), ("hi", hi)) if v is not None]
+    node = helper.make_node("Clip", inputs, ["y"])
+    graph = helper.make_graph([node], "clip", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, 8, 8])], inits)
+    path = tmp_path / "clip.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    g = osal.gradient(path, x, target=osal.targets.Cotangent(np.ones((1, 8, 8), np.float32)))
+    inside = np.ones_like(x, bool)
+    if lo is not None:
+        inside &= x > np.float32(lo)
+    if hi is not None:
+        inside &= x < np.float32(hi)
+    np.testing.assert_array_equal(g, inside.astype(np.float32))

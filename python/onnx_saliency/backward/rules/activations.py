@@ -92,16 +92,56 @@ def prelu(ctx, node, grads):
     return [b.op("Where", _positive(ctx, node.input[0]), grads[0], scaled), None]
 
 
+def _clip_bound(ctx: RuleContext, node, slot: int) -> float | None:
+    """The constant scalar bound in input `slot` (1: min, 2: max) of a Clip, else None."""
+    if len(node.input) <= slot or not node.input[slot]:
+        return None
+    value = ctx.index.const(node.input[slot])
+    return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
+
+
+def _side_step(ctx: RuleContext, y: str, bound: float, above: bool, limit: float) -> str | None:
+    """1[y > bound] (above) or 1[y < bound] as floats, for y = Clip(x) inside [lo, hi] and a
+    constant bound: HardSigmoid(y; α = ±G, β = ∓G·bound) = min(max(±G(y − bound), 0), 1), G a
+    power of two so that G·y and G·bound are exact and cannot overflow (|y| ≤ max(|lo|, |hi|)),
+    and large enough that the one rounding of G(y − bound) leaves any nonzero difference ≥ 1
+    (bound 0, above: unit_step's 2^127, whose G·y may overflow to +inf: still 1). `limit`:
+    max |y|, the larger |bound|. One elementwise op ONNX Runtime keeps in its blocked layout.
+    None where no such G exists."""
+    if bound == 0.0 and above:
+        return ctx.b.op("HardSigmoid", y, alpha=float(_MASK_GAIN), beta=0.0)
+    if bound == 0.0 or limit == 0.0 or not np.isfinite(limit):
+        return None
+    gain = 2.0 ** min(127, 126 - int(np.ceil(np.log2(limit))))  # G·max|y| ≤ 2^126, G ≤ 2^127
+    if gain * abs(bound) * 2.0 ** -25 < 1.0:                    # the smallest |y − bound|
+        return None
+    sign = 1.0 if above else -1.0
+    return ctx.b.op("HardSigmoid", y, alpha=sign * gain, beta=-sign * gain * bound)
+
+
 @GRADIENT.rule("Clip")
 def clip(ctx, node, grads):
-    b, x = ctx.b, node.input[0]
-    keep = None
-    if len(node.input) > 1 and node.input[1]:
-        keep = b.op("Greater", x, node.input[1])
-    if len(node.input) > 2 and node.input[2]:
-        below = b.op("Less", x, node.input[2])
-        keep = below if keep is None else b.op("And", keep, below)
-    g = grads[0] if keep is None else _mask(ctx, keep, grads[0])
+    """g·1[min < x < max], read off y = Clip(x) (min < x < max ⟺ min < y < max; reading y
+    keeps the Conv+Clip fusion of the forward): for float32 and constant bounds, products of
+    exact unit steps (`_side_step`), which stay in ONNX Runtime's blocked layout with the Mul by
+    g (ReLU6 backward in MobileNets); else Where(And(x > min, x < max), g, 0)."""
+    b, x, y = ctx.b, node.input[0], node.output[0]
+    lo, hi = _clip_bound(ctx, node, 1), _clip_bound(ctx, node, 2)
+    given = [(slot, bound) for slot, bound in ((1, lo), (2, hi))
+             if len(node.input) > slot and node.input[slot]]
+    steps = []
+    if ctx.index.types.get(y) == onnx.TensorProto.FLOAT and all(v is not None for _, v in given):
+        limit = max(abs(v) for _, v in given)
+        steps = [_side_step(ctx, y, v, slot == 1, limit) for slot, v in given]
+    if steps and all(step is not None for step in steps):
+        mask = steps[0] if len(steps) == 1 else b.op("Mul", steps[0], steps[1])
+        g = b.op("Mul", grads[0], mask)
+    else:
+        keep = None
+        for slot, _ in given:
+            side = b.op("Greater" if slot == 1 else "Less", x, node.input[slot])
+            keep = side if keep is None else b.op("And", keep, side)
+        g = grads[0] if keep is None else _mask(ctx, keep, grads[0])
     return [g] + [None] * (len(node.input) - 1)
 
 
@@ -283,5 +323,10 @@ def deconvnet(ctx, node, grads):
         return GRADIENT[node.op_type](ctx, node, grads)
     g = ctx.b.op("Relu", grads[0])
     if node.op_type == "Clip" and len(node.input) > 2 and node.input[2]:
-        g = _mask(ctx, ctx.b.op("Less", node.input[0], node.input[2]), g)
+        hi, y = _clip_bound(ctx, node, 2), node.output[0]
+        step = None
+        if hi is not None and ctx.index.types.get(y) == onnx.TensorProto.FLOAT:
+            step = _side_step(ctx, y, hi, False, abs(hi))    # 1[y < max] ⟺ 1[x < max]
+        g = ctx.b.op("Mul", g, step) if step is not None else \
+            _mask(ctx, ctx.b.op("Less", node.input[0], node.input[2]), g)
     return [g] + [None] * (len(node.input) - 1)
