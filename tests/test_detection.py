@@ -215,9 +215,10 @@ def test_detection_runs_in_a_saved_graph(detector, kw, tmp_path):
 
 
 def test_tsgb_fc_rule_on_a_1x1_conv_head_equals_the_gemm_rule(tmp_path):
-    """A model scoring classes with a 1×1 conv (no FC node) gets TSGB-FC at that conv, location
-    by location: with the conv after the global pool it is the Gemm it replaces, and TSGB's maps
-    of the two models are equal (and differ from TSGB-Conv's, the rule used before)."""
+    """TSGB(conv_head=True) on a model scoring classes with a 1×1 conv (no FC node) applies
+    TSGB-FC at that conv, location by location: with the conv after the global pool it is the
+    Gemm it replaces, and TSGB's maps of the two models are equal; by default (METHODS.md)
+    TSGB-Conv applies there, and the map differs."""
     import torch
     from torch import nn
 
@@ -235,8 +236,11 @@ def test_tsgb_fc_rule_on_a_1x1_conv_head_equals_the_gemm_rule(tmp_path):
         path = tmp_path / f"{name}.onnx"
         torch.onnx.export(net, torch.tensor(x), str(path), dynamo=False, opset_version=17,
                           input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "N"}})
-        maps[name] = osal.Explainer(path, methods=[osal.methods.TSGB(gamma=0.8)]).explain(x, 2)["tsgb"]
+        tsgb = osal.methods.TSGB(gamma=0.8, conv_head=True)
+        maps[name] = osal.Explainer(path, methods=[tsgb]).explain(x, 2)["tsgb"]
     assert rel_err(maps["conv"], maps["gemm"]) < 1e-5
+    default = osal.Explainer(tmp_path / "conv.onnx", methods=[osal.methods.TSGB(gamma=0.8)])
+    assert rel_err(default.explain(x, 2)["tsgb"], maps["gemm"]) > 1e-2
     from onnx_saliency.backward import classifier
     from onnx_saliency.graph import GraphIndex
     index = GraphIndex(osal.Explainer(tmp_path / "conv.onnx").canonical.model)

@@ -8,8 +8,8 @@ input of the last of them in graph order.
 A model with no fully-connected node (a detector's or segmenter's convolutional head, a
 SqueezeNet) scores classes with 1×1 convolutions: at each location such a conv is the
 fully-connected layer z = W a + b of the feature vector there. `scoring_convs` finds them (the
-1×1, stride-1, ungrouped convs with constant weights that no conv or FC follows); TSGB-FC
-applies to them, location by location, where the model has no FC node.
+1×1, stride-1, ungrouped convs with constant weights that no conv or FC follows); with
+TSGB(conv_head=True), TSGB-FC applies to them location by location.
 """
 
 from __future__ import annotations

@@ -19,7 +19,9 @@ from .base import Method
 @dataclass(frozen=True)
 class TSGB(Method):
     """Target-selective gradient backprop. gamma: TSGB-FC's γ (0.75–0.9 suggested for ResNets);
-    fc: "last" (the classifier only, the authors' code) or "all" fully-connected layers."""
+    fc: "last" (the classifier only, the authors' code) or "all" fully-connected layers;
+    conv_head: on a model without FC layers (detectors, segmenters), TSGB-FC location by
+    location at the 1×1 convs that score the classes, instead of TSGB-Conv there."""
 
     name = "tsgb"
     runtime_weights = False   # its rules are built from the weights' values
@@ -27,6 +29,7 @@ class TSGB(Method):
     default_at_input = True
     gamma: float = 1.0
     fc: str = "last"
+    conv_head: bool = False
     normalize: bool = False
     at: str | None = None
 
@@ -37,7 +40,8 @@ class TSGB(Method):
             raise MethodError("TSGB gamma must be a finite number.")
 
     def walk(self, layers):
-        return TableWalk(tsgb_rules.TSGB, tsgb_rules.TSGBOptions(float(self.gamma), self.fc))
+        return TableWalk(tsgb_rules.TSGB, tsgb_rules.TSGBOptions(float(self.gamma), self.fc,
+                                                                 bool(self.conv_head)))
 
     def head(self, ctx, x, g):
         b = ctx.b

@@ -12,8 +12,9 @@ Conv (TSGB-Conv): ĝ_a = sign(a) ⊙ ConvTranspose(S / (D + ε), ones) per group
 BatchNormalization (ratio rule): ĝ_x = ĝ_y ⊙ y / (x + 1e-10), relevance passes unchanged.
 Fully-connected (TSGB-FC) on the classifier (classifier.py; fc="all": every FC layer), z = W a + b:
     β_j = γ z⁺_j / |z⁻_j|, ĝ_a = W⁺ᵀ ĝ_z + W⁻ᵀ (β ⊙ ĝ_z), z± = W± a (bias excluded).
-    A model without FC nodes (a detector's or segmenter's convolutional head): the same rule at
-    every location of its class-scoring 1×1 convs (classifier.scoring_convs), z± = Conv(a, W±).
+    A model without FC nodes (a detector's or segmenter's convolutional head) gets TSGB-Conv
+    there too (METHODS.md); with conv_head=True, the same FC rule at every location of its
+    class-scoring 1×1 convs (classifier.scoring_convs), z± = Conv(a, W±).
 Everything else keeps the plain gradient. Options: TSGBOptions(gamma = 1.0, fc = "last"|"all").
 
 The walk hands these rules a TSGBContext: it remembers how some signals were made (broadcasts,
@@ -61,10 +62,13 @@ EPS = 1e-10
 @dataclass(frozen=True)
 class TSGBOptions:
     """gamma: TSGB-FC's γ; fc: "last" (the classifier, classifier.py) or "all": the
-    fully-connected layers that get TSGB-FC."""
+    fully-connected layers that get TSGB-FC; conv_head: where the model has no FC node, TSGB-FC
+    location by location at its class-scoring 1×1 convs (classifier.scoring_convs) instead of
+    TSGB-Conv (METHODS.md's default for a convolutional head)."""
 
     gamma: float = 1.0
     fc: str = "last"
+    conv_head: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,9 @@ class TSGBContext(RuleContext):
             chosen = classifier.fully_connected(self.index)
         else:
             chosen = classifier.classifier(self.index)
-        return chosen or classifier.scoring_convs(self.index)
+        if chosen or self.options is None or not self.options.conv_head:
+            return chosen
+        return classifier.scoring_convs(self.index)
 
     def broadcast(self, a: str, sign: str | None, spread: str, weight: str) -> str:
         """sign ⊙ Conv(spread, weight) (without sign: the Conv), recorded as a `Broadcast`."""
