@@ -256,3 +256,31 @@ def test_clip_gradient_is_exactly_the_inside_indicator(tmp_path, lo, hi):
     if hi is not None:
         inside &= x < np.float32(hi)
     np.testing.assert_array_equal(g, inside.astype(np.float32))
+
+
+def test_silu_is_one_rule_in_the_blocked_layout_ops(tmp_path):
+    """x·Sigmoid(x) (SiLU as exporters write it) gets one rule, dx = g·(s + y(1 − s)) with
+    Mul/Add/HardSigmoid only (no Sub, no gradient into the Sigmoid), equal to the analytic
+    derivative s(1 + x(1 − s)) in float64 (≤ 1e-6 relative); where the Sigmoid's output is read
+    elsewhere too, the two-node rules give the same gradient."""
+    from onnx import TensorProto, helper
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((2, 3, 8, 8)) * 4).astype(np.float32)
+    s64 = 1 / (1 + np.exp(-x.astype(np.float64)))
+    want = s64 * (1 + x * (1 - s64))
+    for shared in (False, True):
+        nodes = [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["x", "s"], ["y"])]
+        outputs = ["y"]
+        if shared:   # the Sigmoid also read by another node: no fusion
+            nodes += [helper.make_node("Add", ["y", "s"], ["z"])]
+            outputs = ["z"]
+        graph = helper.make_graph(nodes, "silu", [helper.make_tensor_value_info(
+            "x", TensorProto.FLOAT, ["N", 3, 8, 8])], [helper.make_tensor_value_info(
+                outputs[0], TensorProto.FLOAT, ["N", 3, 8, 8])])
+        path = tmp_path / f"silu_{shared}.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+        g = osal.gradient(path, x, target=osal.targets.Cotangent(np.ones((3, 8, 8), np.float32)))
+        expected = want + (s64 * (1 - s64) if shared else 0)
+        assert rel_err(g, expected) < 1e-6
+        ops = [n.op_type for n in osal.backward_graph(path, ["x"]).graph.node]
+        assert ("HardSigmoid" in ops) != shared

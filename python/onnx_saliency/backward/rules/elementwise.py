@@ -1,6 +1,7 @@
 """Elementwise arithmetic with broadcasting (each gradient reduced back to its input's shape).
 
-Add: dA = g, dB = g. Sub: dA = g, dB = −g. Mul: dA = g·B, dB = g·A.
+Add: dA = g, dB = g. Sub: dA = g, dB = −g. Mul: dA = g·B, dB = g·A; SiLU, x·Sigmoid(x), in one
+rule: dx = g·(s + y(1 − s)).
 Div: dA = g / B, dB = −g·Y / B. Sum: every input gets g. Neg: −g.
 Identity, Dropout (inference), float-to-float Cast: pass the signal through.
 Exp: g·y. Log: g / x. Sqrt: g / 2y. Reciprocal: −g·y². Abs: g·sign(x) (0 at x = 0).
@@ -12,6 +13,7 @@ value equals y; ties, which leave y the same whichever input is "picked", thus g
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
 from ..context import RuleContext
 from ..table import GRADIENT
@@ -44,9 +46,35 @@ def sub(ctx, node, grads):
     return _each(ctx, node, [lambda: g, lambda: ctx.b.op("Neg", g)])
 
 
+def _silu(ctx: RuleContext, node) -> tuple[int, str] | None:
+    """(the slot of x, s) where the Mul is SiLU, y = x·s with s = Sigmoid(x) read by it alone
+    (not tapped, not an output), both float32 of one shape; else None."""
+    index = ctx.index
+    for slot, (x, s) in enumerate((node.input, node.input[::-1])):
+        made = index.producer.get(s)
+        if (made is not None and made.op_type == "Sigmoid" and made.input[0] == x
+                and len(index.consumers.get(s, [])) == 1 and s not in ctx.wrt
+                and s not in index.graph_outputs
+                and index.types.get(x) == index.types.get(s) == onnx.TensorProto.FLOAT
+                and index.shapes.get(x) == index.shapes.get(s)):
+            return slot, s
+    return None
+
+
 @GRADIENT.rule("Mul")
 def mul(ctx, node, grads):
+    """Mul; SiLU (x·Sigmoid(x), as exporters write it) in one rule: dx = g·(s + y·(1 − s)),
+    1 − s as HardSigmoid(s; −1, 1) (exact for s in [0, 1]): Mul, Add and HardSigmoid only,
+    which ONNX Runtime keeps in its blocked layout (the Sigmoid gets no signal)."""
     g, (a, b) = grads[0], node.input
+    silu = _silu(ctx, node)
+    if silu is not None and ctx.wants(node, silu[0]):
+        slot, s = silu
+        one_minus_s = ctx.b.op("HardSigmoid", s, alpha=-1.0, beta=1.0)
+        slope = ctx.b.op("Add", s, ctx.b.op("Mul", node.output[0], one_minus_s))
+        result = [None, None]
+        result[slot] = ctx.b.op("Mul", g, slope)
+        return result
     return _each(ctx, node, [lambda: ctx.b.op("Mul", g, b), lambda: ctx.b.op("Mul", g, a)])
 
 
