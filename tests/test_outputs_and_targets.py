@@ -48,8 +48,8 @@ def test_two_unrelated_heads_need_a_choice(graphs):
             np.testing.assert_array_equal(got[key], want[key])
     with pytest.raises(InputError, match=r"target 4 is outside \[0, 3\)"):
         osal.Explainer(model, output="aux").run(X, 4)
-    with pytest.raises(ModelLoadError, match="output='probs' is not an output of the model; its "
-                                             "outputs are 'logits'"):
+    with pytest.raises(ModelLoadError, match="output='probs' is neither an output of the model "
+                                             "nor a tensor a node makes; its outputs are 'logits'"):
         osal.Explainer(model, output="probs")
 
 
