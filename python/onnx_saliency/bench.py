@@ -29,13 +29,15 @@ def paired_ratio(fn, reference, repeat: int) -> tuple[float, float]:
 
 
 def ratio_table(model, methods: Sequence[str], batches: Sequence[int] = (1, 8), repeat: int = 3,
-                threads: int | None = None, size: Sequence[int] | None = None) -> list[dict]:
-    """One row per (method, batch): explain time / ORT forward time, fused when available."""
+                threads: int | None = None, size: Sequence[int] | None = None,
+                runtime: str = "onnxruntime") -> list[dict]:
+    """One row per (method, batch): explain time / forward time, both in `runtime` (ONNX
+    Runtime: fused when available; OpenVINO: the portable graph and its own forward)."""
     from .explainer import Explainer
 
     rows = []
     for method in methods:
-        ex = Explainer(model, methods=[method], threads=threads)
+        ex = Explainer(model, methods=[method], threads=threads, runtime=runtime)
         forward = ex.forward_session()
         shape = [d if isinstance(d, int) else None for d in ex.input_shape[1:]]
         if size:

@@ -25,7 +25,7 @@ import json
 import sys
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from importlib import resources
 from pathlib import Path
 
@@ -36,8 +36,10 @@ from .cli_targets import TARGET_FORMS_HELP, TargetForm, anchor_arg, box_arg, det
 from .combine import COMBINATIONS
 from .errors import LayerNotFoundError, SaliencyError
 from .methods import REGISTRY
-from .output_folder import (INDEX, OUT_FOLDER_HELP, SIGNALS, CommandError, Interrupted, Run,
-                            UsageError, atomic, earlier_maps, output_stems, run_folder)
+from .openvino_runtime import RUNTIMES
+from .output_folder import (INDEX, OUT_FOLDER_HELP, SIGNALS, CommandError, Interrupted, PooledRun,
+                            Run, UsageError, atomic, earlier_maps, output_stems, run_folder)
+from .pipeline import Prefetch, default_jobs
 
 PRESETS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
            "paddle": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
@@ -150,7 +152,7 @@ def _norm(values, default, channels: int, flag: str) -> np.ndarray:
 
 def _explain(model, files, methods, layers, target, out: Path, size, preset, batch_size,
              providers=None, mean=None, std=None, labels=None, layout="NCHW", options=None,
-             overwrite=False, channels=None, resize=None, report=None) -> int:
+             overwrite=False, channels=None, resize=None, report=None, jobs=None) -> int:
     from .canonical import load_model
 
     started = time.perf_counter()
@@ -187,14 +189,22 @@ def _explain(model, files, methods, layers, target, out: Path, size, preset, bat
     stems = output_stems(files)
     position = {stem: i for i, stem in enumerate(stems)}   # distinct: the file's index
     timing = {"load_s": time.perf_counter() - started, "explain_s": 0.0}
+    jobs = default_jobs() if jobs is None else jobs
+    chunks = [list(zip(files[start:start + batch_size], stems[start:start + batch_size]))
+              for start in range(0, len(files), batch_size)]
     with run_folder(out, str(model), overwrite) as run:
         progress = _progress(len(files))
-        for start in range(0, len(files), batch_size):     # one batch in memory at a time
-            chunk = list(zip(files[start:start + batch_size], stems[start:start + batch_size]))
-            batch = _readable(run, chunk, (h, w), channels, resize, fill)
-            if batch:
-                _write_batch(run, ex, batch, form, labels, (mean, std), timing, position)
-            progress.update(len(chunk))
+        # a reader thread decodes the next batches, writer threads write the last one's maps
+        # (pipeline.py: at most AHEAD + 3 batches in memory); --jobs 0: each step in turn
+        decoded = (_readable(chunk, (h, w), channels, resize, fill) for chunk in chunks)
+        with Prefetch(decoded, threaded=jobs > 0) as reader, \
+                (PooledRun(run, jobs) if jobs else nullcontext(run)) as writer:
+            for chunk, (batch, skipped) in zip(chunks, reader):
+                for f, reason in skipped:
+                    run.skip(f, reason)
+                if batch:
+                    _write_batch(writer, ex, batch, form, labels, (mean, std), timing, position)
+                progress.update(len(chunk))
         progress.close()
         if not run.maps:
             raise CommandError(f"none of the {len(files)} image(s) could be read")
@@ -223,17 +233,17 @@ def _layer_errors(build, model):
                          .replace("onnx_saliency.list_layers", hint)) from None
 
 
-def _readable(run: Run, chunk, size: tuple[int, int], channels: int = 3,
-              resize: str = viz.DEFAULT_RESIZE, fill=(0, 0, 0)):
-    """(file, stem, RGB photo, model array, Fit) for each image of `chunk` that can be read; the
-    others are skipped."""
-    batch = []
+def _readable(chunk, size: tuple[int, int], channels: int = 3, resize: str = viz.DEFAULT_RESIZE,
+              fill=(0, 0, 0)):
+    """([(file, stem, RGB photo, model array, Fit) for each image of `chunk` that can be read],
+    [(file, why) for the others, to skip])."""
+    batch, skipped = [], []
     for f, stem in chunk:
         try:
             batch.append((f, stem, *_load_image(f, size, channels, resize, fill)))
         except UnreadableImage as exc:
-            run.skip(f, str(exc))
-    return batch
+            skipped.append((f, str(exc)))
+    return batch, skipped
 
 
 def _probabilities(logits: np.ndarray) -> np.ndarray:
@@ -250,7 +260,8 @@ def _write_batch(run: Run, ex, batch, form: "TargetForm", labels, norm, timing=N
                  position=None) -> None:
     """Explain one batch and write its maps (overlays at each photo's resolution, captioned with
     the class, its name and softmax probability, or with what else was explained), then
-    maps.json; SIGTERM waits for the writes. `position`: each stem's index among the files."""
+    maps.json; SIGTERM waits for the writes. `run`: the Run, or a PooledRun that writes them on
+    threads while the next batch is explained. `position`: each stem's index among the files."""
     mean, std = norm
     x = np.stack([(img.transpose(2, 0, 1) / 255.0 - mean) / std for _, _, _, img, _ in batch])
     if form.kind == "class":
@@ -412,6 +423,8 @@ def _explain_command(args) -> None:
     _check_report_path(args.report)
     if args.batch_size < 1 or (args.size and min(args.size) < 1):
         raise UsageError("--batch-size and --size must be positive")
+    if args.jobs is not None and args.jobs < 0:
+        raise UsageError(f"--jobs must be 0 or more, not {args.jobs}")
     if any(v and len(v) not in (1, 3) for v in (args.mean, args.std)) or 0 in (args.std or []):
         raise UsageError("--mean and --std take 1 or 3 numbers (one for every channel, or one per "
                          "channel); --std none that is 0")
@@ -425,8 +438,9 @@ def _explain_command(args) -> None:
     return _explain(args.model, files, args.method or ["gradient"],
                     args.layer, form, out, args.size, args.preset,
                     args.batch_size, args.providers, args.mean, args.std, labels, args.layout,
-                    _explainer_options(args), args.overwrite, args.channels, args.resize,
-                    args.report)
+                    {**_explainer_options(args), "runtime": args.runtime}, args.overwrite,
+                    args.channels, args.resize,
+                    args.report, args.jobs)
 
 
 def _check_model_path(model: str) -> None:
@@ -556,8 +570,16 @@ def _parser() -> argparse.ArgumentParser:
                      help="normalisation preset when neither --mean/--std nor metadata give it "
                           "(default imagenet; averaged for a 1-channel model)")
     exp.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
+    exp.add_argument("--jobs", type=int, default=None, metavar="N",
+                     help="threads writing the maps and overlays while the next batch is "
+                          "explained and the ones after it are decoded (default: the CPUs, at "
+                          f"most 4: {default_jobs()} here); 0: no threads, each batch decoded, "
+                          "explained and written in turn")
     exp.add_argument("--providers", nargs="+", default=None,
                      help="ONNX Runtime execution providers (default CPUExecutionProvider)")
+    exp.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime",
+                     help="run the explainer graph in ONNX Runtime (default) or OpenVINO (CPU, "
+                          "the portable graph; pip install \"onnx-saliency[openvino]\")")
     _add_explainer_options(exp)
     bn = sub.add_parser("bench", help="explain/forward time ratios for the model on this machine")
     bn.add_argument("model", help="the .onnx model")
@@ -568,6 +590,9 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--repeat", type=int, default=3, help="timed runs per batch size (default 3)")
     bn.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
                     help="input size (default: the model's, else 224 224)")
+    bn.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime",
+                    help="time the explainer and the forward pass in ONNX Runtime (default) or "
+                         "OpenVINO")
     xp = sub.add_parser("export", help="write the explainer graph (image, target) -> (logits, maps)")
     xp.add_argument("model", help="the .onnx model")
     xp.add_argument("-o", "--output", required=True, help="the explainer .onnx to write")
@@ -601,9 +626,10 @@ def _command(args) -> int:
         _layers(args.model, args.model_output)
     elif args.command == "bench":
         from .bench import ratio_table
-        print("| method | batch | explain / ORT forward | forward (ms) |\n|---|---|---|---|")
+        engine = "OpenVINO" if args.runtime == "openvino" else "ORT"
+        print(f"| method | batch | explain / {engine} forward | forward (ms) |\n|---|---|---|---|")
         for row in ratio_table(args.model, args.method or ["gradient", "gradcam"],
-                               args.batches, args.repeat, size=args.size):
+                               args.batches, args.repeat, size=args.size, runtime=args.runtime):
             print(f"| {row['method']} | {row['batch']} | {row['ratio']:.2f}× | "
                   f"{row['forward_ms']:.1f} |")
     elif args.command == "export":

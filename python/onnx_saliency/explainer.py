@@ -41,6 +41,7 @@ from .schedule import copy_fused_sum_operands, interleave_early
 from .layers import (NCHW, NECK, DetectorLevel, LayerNames, LayerView, default_layer,
                      detector_levels, stage_layers)
 from .methods.base import Method
+from .openvino_runtime import ONNXRUNTIME, check_runtime, make_session as runtime_session
 from .runtime import (TargetLike, Weights, check_images, join_weights, make_session,
                       run_session, save_model, split_weights)
 from . import targets as targets_mod
@@ -301,6 +302,8 @@ class Explainer:
     name one. The seed sits on the chosen output's pre-softmax logits.
     `input_size`: (H, W) for a model whose image height and width are symbolic (many detector
     exports): fixed to it, so rules that need lengths (Resize in a detector's neck) know them.
+    `runtime`: "onnxruntime" (default) or "openvino" (the portable graph compiled by OpenVINO
+    for its CPU in float32: no providers, no fused ops; openvino_runtime.py).
 
     The saved graph's outputs, by name: the logits, one map per key in `map_names` (that
     order), and `finite` (bool [N]: the image's maps and logits hold no NaN/Inf). A target
@@ -314,7 +317,8 @@ class Explainer:
                  fused: bool | None = None, combine: str | None = None,
                  weights: str | Sequence[float] = "uniform", meta: bool = False,
                  meta_lr: float = 2.5e-3, layout: str = "NCHW", output: str | None = None,
-                 input_size: tuple[int, int] | None = None):
+                 input_size: tuple[int, int] | None = None, runtime: str = ONNXRUNTIME):
+        self.runtime = check_runtime(runtime, providers, fused)
         # the weights once, apart from the graphs (not for meta: its Scan body holds them)
         self._canon = canonicalize(model, layout, output, apart=not meta, deployed=True,
                                    input_size=input_size)
@@ -326,7 +330,8 @@ class Explainer:
         if fused and not fused_ops.available():
             raise SaliencyError("fused=True, but the custom-op library was not built with this "
                                 "install (see docs/kernels.md); use fused=False.")
-        self.fused = fused_ops.available() if fused is None else bool(fused)
+        self.fused = (fused_ops.available() and runtime == ONNXRUNTIME) if fused is None \
+            else bool(fused)
         self._save_fused = fused is True   # save() keeps custom ops only when asked for here
         index = _index(self._canon.model, self._canon.weights)
         self.layer_names = LayerNames(index, self._canon.input_name)
@@ -461,9 +466,9 @@ class Explainer:
 
     def forward_session(self):
         """A session of the model's own forward pass (the canonical model: image -> logits), on
-        this explainer's providers and threads, sharing its weights."""
-        return make_session(self._canon.model, self.providers, self.threads,
-                            weights=self._canon.weights)
+        this explainer's runtime, providers and threads, sharing its weights."""
+        return runtime_session(self._canon.model, self.providers, self.threads,
+                               weights=self._canon.weights, runtime=self.runtime)
 
     @property
     def input_name(self) -> str:
@@ -506,7 +511,8 @@ class Explainer:
         if variant[0] is self._graph:
             return self.session
         if variant[2] is None:
-            variant[2] = make_session(variant[0], self.providers, self.threads, weights=variant[1])
+            variant[2] = runtime_session(variant[0], self.providers, self.threads,
+                                         weights=variant[1], runtime=self.runtime)
         return variant[2]
 
     def target_model(self, target: Target) -> onnx.ModelProto:
@@ -522,8 +528,8 @@ class Explainer:
     @property
     def session(self):
         if self._session is None:
-            self._session = make_session(self._graph, self.providers, self.threads,
-                                         weights=self._weights)
+            self._session = runtime_session(self._graph, self.providers, self.threads,
+                                            weights=self._weights, runtime=self.runtime)
         return self._session
 
     def run(self, images: np.ndarray, target: TargetLike | Target = None

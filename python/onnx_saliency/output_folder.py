@@ -15,6 +15,7 @@ import signal
 import sys
 import tempfile
 import threading
+import zlib
 from collections import Counter
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -104,10 +105,16 @@ class _Signals:
 SIGNALS = _Signals()
 
 
+_UMASK = threading.Lock()
+
+
 def _new_file_mode() -> int:
-    """The mode open() gives a new file (0o666 less the umask); mkstemp's are 0o600."""
-    umask = os.umask(0o022)
-    os.umask(umask)
+    """The mode open() gives a new file (0o666 less the umask); mkstemp's are 0o600. Reading the
+    umask sets it for a moment: the lock keeps PooledRun's writer threads from restoring each
+    other's temporary value."""
+    with _UMASK:
+        umask = os.umask(0o022)
+        os.umask(umask)
     return 0o666 & ~umask
 
 
@@ -222,16 +229,15 @@ class Run:
         """Write the map's .npy (as given) and its overlay on the photo `rgb` (placed through the
         viz.Fit `fit`, captioned, with the rectangle `box` in photo pixels drawn on it), then
         list them."""
-        from .viz import MIN_LONG_SIDE, save_overlay
+        entry = self.named(stem, entry)
+        write_map(self.folder, entry, rgb, saliency, fit, caption, box)
+        self.maps.append(entry)
 
+    def named(self, stem: str, entry: dict) -> dict:
+        """`entry` with the names of its .npy and .png (stem_map, the first free: see _unique)."""
         key = re.sub(r"[^\w.-]", "_", entry["map"].replace("@", "_at_"))
         name = _unique(f"{stem}_{key}", self._taken)
-        npy, png = self.folder / f"{name}.npy", self.folder / f"{name}.png"
-        with atomic(npy) as npy_part, atomic(png) as png_part:
-            np.save(npy_part, saliency)
-            save_overlay(png_part, rgb, saliency, colorbar=True, fit=fit, caption=caption,
-                         min_long_side=MIN_LONG_SIDE, box=box)
-        self.maps.append({**entry, "npy": npy.name, "png": png.name})
+        return {**entry, "npy": f"{name}.npy", "png": f"{name}.png"}
 
     def skip(self, image: Path, reason: str) -> None:
         from tqdm import tqdm
@@ -244,6 +250,105 @@ class Run:
             index["removing"] = self.removing
         with atomic(self.folder / INDEX) as part:
             part.write_text(json.dumps(index, indent=1))
+
+
+# Pillow's per-row adaptive filters, then deflate's run-length strategy: on overlays of photos
+# about 35% less time than the default strategy at level 3, and a 10% smaller file
+PNG_OPTIONS = {"compress_level": 3, "compress_type": zlib.Z_RLE}
+
+
+def write_map(folder: Path, entry: dict, rgb: np.ndarray, saliency: np.ndarray, fit=None,
+              caption: str | None = None, box=None) -> None:
+    """Run.add's files: entry["npy"] (the map as given) and entry["png"] (its overlay), both
+    atomically, the .npy removed when the .png fails. Safe to call from several threads."""
+    from .viz import MIN_LONG_SIDE, overlay
+
+    picture = overlay(rgb, saliency, colorbar=True, fit=fit, caption=caption,
+                      min_long_side=MIN_LONG_SIDE, box=box)
+    with atomic(folder / entry["npy"]) as npy_part, atomic(folder / entry["png"]) as png_part:
+        np.save(npy_part, saliency)
+        picture.save(png_part, format="PNG", **PNG_OPTIONS)
+
+
+class PooledRun:
+    """A Run whose maps are written by `jobs` threads while the caller explains the next batch.
+
+    `add` (as Run.add) names the map at once, in call order, and queues its writing; `flush`
+    ends a batch: it waits for the batch before it to be written, lists that batch's maps in
+    order and rewrites maps.json, then starts writing this one. So one batch is written while the
+    next is explained, batches are listed whole and in the order a sequential run lists them,
+    and maps.json still lists exactly the complete maps on disk (after a SIGKILL the batch being
+    written may be missing from it, as in a sequential run). A write that fails stops the batch's unstarted writes;
+    the maps written are listed and the error is raised by the next `flush` or `finish`. Use it
+    as a context manager: on the way out the batch in flight is written and listed, whatever
+    stopped the run (SIGTERM/SIGINT wait for it)."""
+
+    def __init__(self, run: Run, jobs: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.run = run
+        self._pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="onnx-saliency-writer")
+        self._batch: list = []           # (entry, write args) added since the last flush
+        self._writing: list = []         # (entry, future) of the batch being written
+
+    def add(self, stem: str, entry: dict, rgb: np.ndarray, saliency: np.ndarray, fit=None,
+            caption: str | None = None, box=None) -> None:
+        self._batch.append((self.run.named(stem, entry), (rgb, saliency, fit, caption, box)))
+
+    def flush(self) -> None:
+        """End the batch: list the previous one once written, then start writing this one."""
+        self._wait()
+        with SIGNALS.critical():
+            self._list()
+            batch, self._batch = self._batch, []
+            self._writing = [(entry, self._pool.submit(write_map, self.run.folder, entry, *args))
+                             for entry, args in batch]
+
+    def finish(self) -> None:
+        """Wait for the batch in flight and list it."""
+        self._wait()
+        with SIGNALS.critical():
+            self._list()
+
+    def _wait(self) -> None:
+        """Until every write of the batch in flight is done or, after a failure, cancelled."""
+        from concurrent.futures import FIRST_EXCEPTION, wait
+
+        futures = [f for _, f in self._writing]
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        if pending:                                      # a write failed: stop the others
+            for f in pending:
+                f.cancel()
+            wait(futures)
+
+    def _list(self) -> None:
+        """List the batch in flight's written maps (in order), rewrite maps.json, and raise the
+        first write's error if one failed."""
+        if not self._writing:
+            return
+        writing, self._writing = self._writing, []
+        errors = [f.exception() for _, f in writing if not f.cancelled()]
+        self.run.maps += [entry for entry, f in writing
+                          if not f.cancelled() and f.exception() is None]
+        self.run.flush()
+        error = next((e for e in errors if e is not None), None)
+        if error is not None:
+            raise error
+
+    def __enter__(self) -> "PooledRun":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        try:
+            with SIGNALS.critical():
+                self._wait()
+                try:
+                    self._list()
+                except Exception:
+                    if exc is None:
+                        raise                # else the error that stopped the run is reported
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 @contextmanager

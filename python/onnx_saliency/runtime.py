@@ -264,6 +264,8 @@ def run_session(session: ort.InferenceSession, names: Sequence[str], feeds: dict
     out-of-range target fails the graph's Gather: see explainer.one_hot_seed)."""
     try:
         return session.run(list(names), feeds)
+    except SaliencyError:   # raised as such by another runtime's session (openvino_runtime)
+        raise
     except Exception as exc:  # ORT's pybind exceptions share no public base class
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "indices element out of data bounds" in message:
