@@ -77,8 +77,9 @@ def test_choose_output_bypasses_a_trailing_softmax_with_a_warning():
 
 
 def test_choose_output_refuses_an_output_the_model_does_not_have():
-    with pytest.raises(ModelLoadError, match=r"output='scores' is not an output of the model; "
-                                             r"its outputs are 'logits' \[N,5\]"):
+    with pytest.raises(ModelLoadError, match=r"output='scores' is neither an output of the model "
+                                             r"nor a tensor a node makes; its outputs are "
+                                             r"'logits' \[N,5\]"):
         canonical.choose_output(Canonicalization(_classifier(), output="scores"))
 
 

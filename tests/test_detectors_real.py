@@ -217,3 +217,34 @@ def test_text_detector_region_matches_autograd():
     ex = osal.Explainer(path, methods=["gradient", "gradcam"], input_size=(h, w))
     assert ex.requests[1].tensor == "p2o.Concat.1"
     assert rel_err(ex.explain(x, T.Region(0))["gradient"], np.abs(g).max(1)) < 1e-6
+
+
+def test_cli_explains_and_exports_the_symbolic_size_detector(tmp_path, capsys):
+    """The CLI on NudeNet's file (symbolic H and W): `explain --size 320 320 --detection top`
+    explains its face and draws the box; `export --size 320 320` writes a graph taking
+    [N, 3, 320, 320] images."""
+    import json
+
+    import onnx
+    from PIL import Image
+
+    from onnx_saliency import cli
+    path = detectors.nudenet_model_path()
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(detectors.astronaut()).save(photo)
+    out = tmp_path / "out"
+    assert cli.main(["explain", str(path), str(photo), "--size", "320", "320", "--mean", "0",
+                     "--std", "1", "--resize", "pad", "--detection", "top", "--labels",
+                     str(_labels(tmp_path)), "--out", str(out)]) == 0
+    entry = json.loads((out / "maps.json").read_text())["maps"][0]
+    assert entry["target"]["kind"] == "detection" and entry["label"].startswith("FACE")
+    saved = tmp_path / "explainer.onnx"
+    assert cli.main(["export", str(path), "-o", str(saved), "--size", "320", "320"]) == 0
+    dims = onnx.load(str(saved)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims[1:]] == [3, 320, 320]
+
+
+def _labels(folder):
+    labels = folder / "nudenet_labels.txt"
+    labels.write_text("\n".join(detectors.nudenet_classes()) + "\n")
+    return labels

@@ -30,6 +30,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from . import Explainer, default_layers, targets, viz
 from .cli_targets import TARGET_FORMS_HELP, TargetForm, anchor_arg, box_arg, detection_arg
@@ -376,10 +377,13 @@ def _export(args) -> None:
     if not out.parent.is_dir():
         raise UsageError(f"-o '{out}': no such folder '{out.parent}'")
     options = _explainer_options(args)
-    from .canonical import load_model
-    proto = load_model(args.model)
-    size = _symbolic_size(proto, "NCHW", args.size or _metadata(proto).get("size"))
-    ex = _layer_errors(lambda: Explainer(proto, methods=args.method or ["gradient"],
+    size = None
+    try:   # the input's dims and metadata only (a bad file is the Explainer's to report)
+        header = onnx.load(args.model, load_external_data=False)
+        size = _symbolic_size(header, "NCHW", args.size or _metadata(header).get("size"))
+    except Exception:
+        pass
+    ex = _layer_errors(lambda: Explainer(args.model, methods=args.method or ["gradient"],
                                          layers=args.layer, fused=True if args.fused else None,
                                          input_size=size, **options), args.model)
     data = out.with_name(out.stem + ".data")   # external data, for models over 2 GB
