@@ -22,6 +22,17 @@ def graphs():
     return make_graphs
 
 
+def export_module(net, path, x, input_name: str = "input", output_name: str = "logits") -> None:
+    """TorchScript export of a torch module at the example `x` (opset 17, dynamic batch), as
+    the tests' small models are written."""
+    import torch
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (x,), str(path), dynamo=False, opset_version=17,
+                          input_names=[input_name], output_names=[output_name],
+                          dynamic_axes={input_name: {0: "N"}, output_name: {0: "N"}})
+
+
 def export_torchvision(name: str, path: Path, size: int, seed: int = 0, keep_bn: bool = False,
                        **kwargs) -> "torch.nn.Module":
     """Export torchvision `name` with seeded random weights (ReLUs made not in-place, so Captum's

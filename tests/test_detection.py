@@ -10,7 +10,6 @@ and ONNX Runtime agree to float32 rounding, TOL below."""
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 import onnx
@@ -21,7 +20,7 @@ import onnx_saliency as osal
 from onnx_saliency import targets as T
 from onnx_saliency.errors import InputError, ModelError
 
-from conftest import rel_err
+from conftest import export_module, rel_err
 
 TOL = 1e-5      # relative, max |a − ref| / max |ref|: float32 graphs, no near-ties
 SIZE = 16
@@ -76,11 +75,7 @@ def detector(request, tmp_path_factory):
     v5 = request.param == "yolov5"
     net = _tiny_detector(v5)
     path = tmp_path_factory.mktemp("det") / f"tiny_{request.param}.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, torch.randn(1, 3, SIZE, SIZE), str(path), dynamo=False,
-                          opset_version=17, input_names=["images"], output_names=["output0"],
-                          dynamic_axes={"images": {0: "N"}, "output0": {0: "N"}})
+    export_module(net, path, torch.randn(1, 3, SIZE, SIZE), "images", "output0")
     x = np.random.default_rng(1).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
     return request.param, path, net, x
 

@@ -25,7 +25,7 @@ import warnings
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 import onnx_saliency as osal
 from onnx_saliency import targets as T
@@ -33,7 +33,7 @@ from onnx_saliency.errors import SaliencyError
 from onnx_saliency.methods import REGISTRY
 from onnx_saliency import openvino_runtime
 
-from conftest import rapidocr_classifier, rel_err
+from conftest import export_module, rapidocr_classifier, rel_err
 
 ov = pytest.importorskip("openvino")
 
@@ -123,11 +123,7 @@ def test_region_target_on_a_segmenter(tmp_path):
                         nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1),
                         nn.Upsample(scale_factor=2, mode="bilinear")).eval()
     path = tmp_path / "seg.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, torch.randn(1, 3, 16, 16), str(path), dynamo=False,
-                          opset_version=17, input_names=["input"], output_names=["out"],
-                          dynamic_axes={"input": {0: "N"}, "out": {0: "N"}})
+    export_module(net, path, torch.randn(1, 3, 16, 16), "input", "out")
     ref, got = _pair(path, ["gradient", "guided_backprop", "gradcam"])
     x = np.random.default_rng(2).standard_normal((2, 3, 16, 16)).astype(np.float32)
     mask = np.zeros((2, 16, 16), bool)
@@ -144,11 +140,7 @@ def test_detection_target_on_a_tiny_detector(tmp_path):
     from test_detection import _tiny_detector
     net = _tiny_detector(v5=False)
     path = tmp_path / "det.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, torch.randn(1, 3, 16, 16), str(path), dynamo=False,
-                          opset_version=17, input_names=["images"], output_names=["output0"],
-                          dynamic_axes={"images": {0: "N"}, "output0": {0: "N"}})
+    export_module(net, path, torch.randn(1, 3, 16, 16), "images", "output0")
     ref, got = _pair(path, ["gradient", "gradcam"])
     x = np.random.default_rng(1).standard_normal((2, 3, 16, 16)).astype(np.float32)
     for target in (T.Detection(), T.Detection(anchor=5, class_=1),

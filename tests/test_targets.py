@@ -5,7 +5,6 @@ decisions; every kind through a saved graph in a bare onnxruntime session; bad t
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 import onnx
@@ -17,21 +16,11 @@ from onnx_saliency import targets as T
 from onnx_saliency.errors import InputError, ModelError
 from onnx_saliency.runtime import make_session
 
-from conftest import pinned_decisions, prepare_for_pinning, rel_err
+from conftest import export_module, pinned_decisions, prepare_for_pinning, rel_err
 
 SIZE = 64
 K = 5            # segmentation classes
 TOL = 1e-4       # relative, max |a − ref| / max |ref|: float32 backward vs float32 autograd
-
-
-def _export(net, path, x, output: str) -> None:
-    """TorchScript export as conftest.export_torchvision does (opset 17, dynamic batch)."""
-    import torch
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, (x,), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=[output],
-                          dynamic_axes={"input": {0: "N"}, output: {0: "N"}})
 
 
 def _segmenter(name: str, folder):
@@ -55,7 +44,7 @@ def _segmenter(name: str, folder):
     net = Out(model).eval()
     x = torch.randn(2, 3, SIZE, SIZE)
     path = folder / f"{name}.onnx"
-    _export(net, path, x, "out")
+    export_module(net, path, x, "input", "out")
     return path, net, x.numpy()
 
 
@@ -70,7 +59,7 @@ def embedder(tmp_path_factory):
     prepare_for_pinning(model)
     x = torch.randn(2, 3, SIZE, SIZE)
     path = tmp_path_factory.mktemp("targets") / "resnet18_embedding.onnx"
-    _export(model, path, x, "embedding")
+    export_module(model, path, x, "input", "embedding")
     return path, model, x.numpy()
 
 
