@@ -373,15 +373,16 @@ class Explainer:
             elif method.default_at_input:   # at the image: named like the input methods
                 requests.append(MapRequest(method.name, method, inp))
                 continue
-            elif method.default_tap(self._index, inp) is None and self._levels:
-                for level in self._levels:   # a detector: the neck output at the candidate's level
-                    view = self.layer_names.checked_view(level.tensor, NECK)
-                    requests.append(MapRequest(f"{method.name}@{NECK}", method, level.tensor,
-                                               view, level))
-                continue
             else:
-                tap = method.default_tap(self._index, inp) or default_layer(
-                    self._index, inp, self.layer_names, self._canon.output_name)
+                tap = method.default_tap(self._index, inp)
+                if tap is None and self._levels:   # a detector: the neck at the candidate's level
+                    for level in self._levels:
+                        view = self.layer_names.checked_view(level.tensor, NECK)
+                        requests.append(MapRequest(f"{method.name}@{NECK}", method, level.tensor,
+                                                   view, level))
+                    continue
+                tap = tap or default_layer(self._index, inp, self.layer_names,
+                                           self._canon.output_name)
                 labels = [self.layer_names.friendly(tap)]
             for label in labels:
                 tensor = self.layer_names.resolve(label)
@@ -656,15 +657,15 @@ def default_layers(model: ModelSource | CanonicalModel, output: str | None = Non
     canon = model if isinstance(model, CanonicalModel) else canonicalize(model, output=output)
     index = GraphIndex(canon.model)
     names = LayerNames(index, canon.input_name)
-    general = default_layer(index, canon.input_name, names, canon.output_name)
     levels = detector_levels(index, canon.input_name, canon.output_name)
-    if levels:
-        general = f"{NECK} (" + ", ".join(names.friendly(lv.tensor) for lv in levels) + ")"
+    general = (f"{NECK} (" + ", ".join(names.friendly(lv.tensor) for lv in levels) + ")"
+               if levels else names.friendly(
+                   default_layer(index, canon.input_name, names, canon.output_name)))
     out = {}
     for name, factory in methods_mod.REGISTRY.items():
         method = factory()
         if not method.layer_method or method.default_at_input:
             continue
         tap = method.default_tap(index, canon.input_name)
-        out[name] = names.friendly(tap) if tap else (general if levels else names.friendly(general))
+        out[name] = names.friendly(tap) if tap else general
     return out

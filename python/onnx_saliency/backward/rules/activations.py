@@ -109,7 +109,7 @@ def _side_step(ctx: RuleContext, y: str, bound: float, above: bool, limit: float
     max |y|, the larger |bound|. One elementwise op ONNX Runtime keeps in its blocked layout.
     None where no such G exists."""
     if bound == 0.0 and above:
-        return ctx.b.op("HardSigmoid", y, alpha=float(_MASK_GAIN), beta=0.0)
+        return unit_step(ctx, y, None, 0.0)
     if bound == 0.0 or limit == 0.0 or not np.isfinite(limit):
         return None
     gain = 2.0 ** min(127, 126 - int(np.ceil(np.log2(limit))))  # G·max|y| ≤ 2^126, G ≤ 2^127

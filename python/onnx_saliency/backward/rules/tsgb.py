@@ -396,12 +396,21 @@ def _fc_per_location(ctx: TSGBContext, node, g: str) -> str:
     if relu_node is not None:
         g = activations.relu_gradient(ctx, relu_node, [g])[0]
     w = ctx.index.const(node.input[1]).astype(np.float32)
+    return _tsgb_fc(ctx, a, g, w, lambda x, m: b.op("Conv", x, b.const(m)),
+                    lambda x, m: b.op("Conv", x, b.const(np.ascontiguousarray(
+                        m.transpose(1, 0, 2, 3)))))
+
+
+def _tsgb_fc(ctx: TSGBContext, a: str, g: str, w: np.ndarray, forward, backward) -> str:
+    """TSGB-FC with W± = max/min(w, 0): z± = forward(a, W±), β = γ z⁺ / (|z⁻| + ε),
+    ĝ_a = backward(ĝ_z, W⁺) + backward(β ⊙ ĝ_z, W⁻) (forward/backward: the layer's product
+    and its transpose, MatMul or Conv)."""
+    b = ctx.b
     w_pos, w_neg = np.maximum(w, 0), np.minimum(w, 0)
-    z_pos, z_neg = b.op("Conv", a, b.const(w_pos)), b.op("Conv", a, b.const(w_neg))
+    z_pos, z_neg = forward(a, w_pos), forward(a, w_neg)
     beta = b.op("Div", b.op("Mul", z_pos, b.const(np.float32(ctx.options.gamma))),
                 b.op("Add", b.op("Abs", z_neg), b.const(np.float32(EPS))))
-    back = lambda m: b.const(np.ascontiguousarray(m.transpose(1, 0, 2, 3)))
-    return b.op("Add", b.op("Conv", g, back(w_pos)), b.op("Conv", b.op("Mul", g, beta), back(w_neg)))
+    return b.op("Add", backward(g, w_pos), backward(b.op("Mul", g, beta), w_neg))
 
 
 @TSGB.rule("Gemm", "MatMul")
@@ -411,15 +420,9 @@ def fully_connected(ctx: TSGBContext, node, grads):
     w = _weight_matrix(ctx, node)
     if w is None or ctx.wants(node, 1):
         raise ctx.unsupported(node, "needs constant weights (and transA = 0) for TSGB-FC")
-    b, a, g = ctx.b, node.input[0], grads[0]
-    gamma = float(ctx.options.gamma)
-    w = w.astype(np.float32)
-    w_pos, w_neg = np.maximum(w, 0), np.minimum(w, 0)
-    z_pos = b.op("MatMul", a, b.const(np.ascontiguousarray(w_pos.T)))
-    z_neg = b.op("MatMul", a, b.const(np.ascontiguousarray(w_neg.T)))
-    beta = b.op("Div", b.op("Mul", z_pos, b.const(np.float32(gamma))),
-                b.op("Add", b.op("Abs", z_neg), b.const(np.float32(EPS))))
-    g_a = b.op("Add", b.op("MatMul", g, b.const(w_pos)),
-               b.op("MatMul", b.op("Mul", g, beta), b.const(w_neg)))
+    b = ctx.b
+    g_a = _tsgb_fc(ctx, node.input[0], grads[0], w.astype(np.float32),
+                   lambda x, m: b.op("MatMul", x, b.const(np.ascontiguousarray(m.T))),
+                   lambda x, m: b.op("MatMul", x, b.const(m)))
     return [g_a] + [None] * (len(node.input) - 1)
 
