@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from .errors import LayerNotFoundError, ModelLoadError
+from .errors import LayerNotFoundError, ModelError, ModelLoadError
 from .graph import GraphBuilder, GraphIndex, attrs_of
 
 _POOLS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"}
@@ -93,8 +93,8 @@ def _global_pool(index: GraphIndex, node) -> bool:
 
 def default_layer(index: GraphIndex, input_name: str, names: LayerNames | None = None,
                   output: str | None = None) -> str:
-    """On a dense output [N, K, H, W] (a segmenter's) with class-scoring 1×1 convs: the feature
-    map feeding them (`dense_head_input`). Otherwise the last spatial layer (a 4-D tensor not 1×1 and not made by a pooling op, or a token
+    """On a dense output [N, K, H, W] (a segmenter's): the feature map feeding its head
+    (`dense_head_input`), where one is found. Otherwise the last spatial layer (a 4-D tensor not 1×1 and not made by a pooling op, or a token
     layer on its patch grid) before the last global pooling (the classifier's; squeeze-excitation
     pools come earlier): the usual Grad-CAM layer. Where that layer is the final LayerNorm's
     output (or a reshape of it), its input instead: a Swin's last stage, a mean-pooled ViT's
@@ -519,7 +519,7 @@ def detector_levels(index: GraphIndex, input_name: str, output: str) -> list[Det
     shape = index.shapes.get(output)
     try:
         layout = detection_layout(shape, "auto")
-    except Exception:
+    except ModelError:   # not a detector's output
         return []
     axis, row = (1, shape[2]) if layout == "yolov5" else (2, shape[1])
     anchors = shape[axis] if isinstance(shape[axis], int) else None
