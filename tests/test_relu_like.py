@@ -284,3 +284,39 @@ def test_silu_is_one_rule_in_the_blocked_layout_ops(tmp_path):
         assert rel_err(g, expected) < 1e-6
         ops = [n.op_type for n in osal.backward_graph(path, ["x"]).graph.node]
         assert ("HardSigmoid" in ops) != shared
+
+
+def test_hard_swish_gradient_is_exact_at_and_beside_its_corners(tmp_path):
+    """HardSwish's backward (1×1 depthwise Convs with fused Clips, activations.hard_swish) against
+    PyTorch's formula in NumPy: 0 for x < −3, x/3 + 1/2 for −3 ≤ x ≤ 3, 1 for x > 3, on float32
+    inputs at, next to and far from ±3 (the steps exact: any mismatch there is a wrong step) and
+    random ones (the middle within 1 ulp of float32 rounding: 1e-6 absolute); the same values
+    through the Where form after a Reshape to [N, 64] (no channels)."""
+    from onnx import TensorProto, helper
+    special = [-3.0, 3.0, 0.0, -1.5, 1.5, 1e30, -1e30, 1e20, -1e20, 2.9, -2.9, 3.1, -3.1]
+    for b in (-3.0, 3.0):
+        b32 = np.float32(b)
+        special += [np.nextafter(b32, np.float32(np.inf)), np.nextafter(b32, np.float32(-np.inf))]
+    rng = np.random.default_rng(0)
+    x = np.concatenate([np.float32(special), rng.standard_normal(64 - len(special)).astype(np.float32) * 4])
+    x64 = x.astype(np.float64)
+    want = np.where(x64 < -3, 0.0, np.where(x64 > 3, 1.0, x64 / 3 + 0.5))
+    for flat in (False, True):
+        nodes = [helper.make_node("HardSwish", ["r" if flat else "x"], ["y"])]
+        inits = []
+        if flat:
+            nodes.insert(0, helper.make_node("Reshape", ["x", "shape"], ["r"]))
+            inits = [onnx.numpy_helper.from_array(np.array([-1, 64], np.int64), "shape")]
+        out = [None, 64] if flat else ["N", 1, 8, 8]
+        graph = helper.make_graph(nodes, "hs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, out)], inits)
+        path = tmp_path / f"hs{flat}.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+        g = osal.gradient(path, x.reshape(1, 1, 8, 8),
+                          target=osal.targets.Cotangent(np.ones(out[1:], np.float32)))
+        np.testing.assert_allclose(g.reshape(-1), want, rtol=0, atol=1e-6)
+        steps = (np.abs(np.abs(x64) - 3) > 0) & (np.abs(np.abs(x64) - 3) < 1e-5)
+        np.testing.assert_array_equal(g.reshape(-1)[steps & (np.abs(x64) > 3)],
+                                      want[steps & (np.abs(x64) > 3)])
+        ops = [n.op_type for n in osal.backward_graph(path, ["x"]).graph.node]
+        assert ("Greater" in ops) == flat, ops   # the Where form compares

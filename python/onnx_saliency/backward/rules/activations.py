@@ -92,7 +92,7 @@ def prelu(ctx, node, grads):
     return [b.op("Where", _positive(ctx, node.input[0]), grads[0], scaled), None]
 
 
-def _clip_bound(ctx: RuleContext, node, slot: int) -> float | None:
+def clip_bound(ctx: RuleContext, node, slot: int) -> float | None:
     """The constant scalar bound in input `slot` (1: min, 2: max) of a Clip, else None."""
     if len(node.input) <= slot or not node.input[slot]:
         return None
@@ -126,7 +126,7 @@ def clip(ctx, node, grads):
     exact unit steps (`_side_step`), which stay in ONNX Runtime's blocked layout with the Mul by
     g (ReLU6 backward in MobileNets); else Where(And(x > min, x < max), g, 0)."""
     b, x, y = ctx.b, node.input[0], node.output[0]
-    lo, hi = _clip_bound(ctx, node, 1), _clip_bound(ctx, node, 2)
+    lo, hi = clip_bound(ctx, node, 1), clip_bound(ctx, node, 2)
     given = [(slot, bound) for slot, bound in ((1, lo), (2, hi))
              if len(node.input) > slot and node.input[slot]]
     steps = []
@@ -167,9 +167,31 @@ def hard_sigmoid(ctx, node, grads):
     return [_mask(ctx, inside, b.op("Mul", grads[0], b.const(alpha)))]
 
 
+# 2^64: |x + 3| ≥ 2^-22 for any float32 x ≠ −3 near −3 (the spacing there), so 2^64·|x ± 3| ≥ 2^42
+_STEP_GAIN = 2.0 ** 64
+
+
 @GRADIENT.rule("HardSwish")
 def hard_swish(ctx, node, grads):
+    """f' = 0 (x < −3), x/3 + 1/2 (−3 ≤ x ≤ 3), 1 (x > 3) (PyTorch's values at ±3).
+
+    float32 [N, C, H, W] (MobileNetV3): f' = P + Q₋ + Q₊, three 1×1 depthwise Convs of x with a
+    fused Clip, P = Clip(x/3 + 1/2, −1/2, 3/2), Q₋ = Clip(−G·x − 3G, 0, 1/2) = ½·1[x < −3],
+    Q₊ = Clip(−G·x + 3G, −1/2, 0) = −½·1[x > 3] (G = 2^64: G·x exact, the steps exact for every
+    float32), summed and times g: ops ONNX Runtime keeps in its blocked layout. Else Where
+    and comparisons."""
     b, x = ctx.b, node.input[0]
+    c = ctx.float_channels(x)
+    if c is not None:
+        def clipped(gain: float, offset: float, lo: float, hi: float) -> str:
+            weight = b.const(np.full((c, 1, 1, 1), gain, np.float32))
+            conv = b.op("Conv", x, weight, b.const(np.full(c, offset, np.float32)), group=c,
+                        kernel_shape=[1, 1])
+            return b.op("Clip", conv, b.const(np.float32(lo)), b.const(np.float32(hi)))
+        slope = b.op("Sum", clipped(1.0 / 3.0, 0.5, -0.5, 1.5),
+                     clipped(-_STEP_GAIN, -3.0 * _STEP_GAIN, 0.0, 0.5),
+                     clipped(-_STEP_GAIN, 3.0 * _STEP_GAIN, -0.5, 0.0))
+        return [b.op("Mul", grads[0], slope)]
     mid = b.op("Add", b.op("Mul", x, b.const(1.0 / 3.0)), b.const(0.5))
     slope = b.op("Where", b.op("Less", x, b.const(-3.0)), b.const(0.0),
                  b.op("Where", b.op("Greater", x, b.const(3.0)), b.const(1.0), mid))
@@ -323,7 +345,7 @@ def deconvnet(ctx, node, grads):
         return GRADIENT[node.op_type](ctx, node, grads)
     g = ctx.b.op("Relu", grads[0])
     if node.op_type == "Clip" and len(node.input) > 2 and node.input[2]:
-        hi, y = _clip_bound(ctx, node, 2), node.output[0]
+        hi, y = clip_bound(ctx, node, 2), node.output[0]
         step = None
         if hi is not None and ctx.index.types.get(y) == onnx.TensorProto.FLOAT:
             step = _side_step(ctx, y, hi, False, abs(hi))    # 1[y < max] ⟺ 1[x < max]
