@@ -33,11 +33,36 @@ def export_module(net, path, x, input_name: str = "input", output_name: str = "l
                           dynamic_axes={input_name: {0: "N"}, output_name: {0: "N"}})
 
 
+def unit_variance(model, batch, std=lambda module: 1.0) -> None:
+    """Layer-sequential unit variance (Mishkin & Matas 2016), one pass: during one forward of
+    `batch` (a tensor), in execution order, each Conv2d's weight is multiplied by one scalar so
+    that its output (less its bias) has std `std(module)` over the batch, and the layers after it
+    see the rescaled output. Deep random-weight nets otherwise shrink their signals layer by
+    layer (a random MobileNetV2's input gradient ~1e-10), where float32 rounding decides."""
+    import torch
+
+    def rescale(module, args, out):
+        bias = 0 if module.bias is None else module.bias[None, :, None, None]
+        k = std(module) / (out - bias).std()
+        module.weight.mul_(k)
+        return (out - bias) * k + bias
+
+    hooks = [m.register_forward_hook(rescale) for m in model.modules()
+             if isinstance(m, torch.nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            model(batch)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def export_torchvision(name: str, path: Path, size: int, seed: int = 0, keep_bn: bool = False,
-                       **kwargs) -> "torch.nn.Module":
+                       calibrate=None, **kwargs) -> "torch.nn.Module":
     """Export torchvision `name` with seeded random weights (ReLUs made not in-place, so Captum's
     hooks see every one) to `path`; batch dimension dynamic. BatchNormalization is folded into
-    the convolutions unless `keep_bn`. Returns the eval-mode module."""
+    the convolutions unless `keep_bn`; `calibrate` (images [N, 3, size, size]): the convs
+    rescaled on them first (`unit_variance`). Returns the eval-mode module."""
     import torch
     import torchvision
 
@@ -50,6 +75,8 @@ def export_torchvision(name: str, path: Path, size: int, seed: int = 0, keep_bn:
         model.avgpool = torch.nn.Identity()
         model.classifier[0] = torch.nn.Linear(512 * cells, 4096)
     prepare_for_pinning(model)
+    if calibrate is not None:
+        unit_variance(model, torch.as_tensor(calibrate))
     x = torch.randn(1, 3, size, size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

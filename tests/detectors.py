@@ -202,29 +202,13 @@ HEAD_LOGIT_STD = 0.5
 
 
 def _lsuv(model, batch) -> None:
-    """Layer-sequential unit variance (Mishkin & Matas 2016), one pass: during one forward of
-    `batch`, in execution order, each Conv2d's weight is multiplied by one scalar so that its
-    output (less its bias) has std 1 over the batch (Detect's three output convs: std
-    HEAD_LOGIT_STD, around the package's objectness and class bias priors), and the layers after
-    it see the rescaled output. Without it the package's initialisation gives a YOLOv5n whose
-    output does not depend on the image (relative change from a black image 2e-7 at 160 x 160,
-    input gradient ~1e-16)."""
-    import torch
+    """conftest.unit_variance with Detect's three output convs at std HEAD_LOGIT_STD (around
+    the package's objectness and class bias priors). Without it the package's initialisation
+    gives a YOLOv5n whose output does not depend on the image (relative change from a black
+    image 2e-7 at 160 x 160, input gradient ~1e-16)."""
+    from conftest import unit_variance
     head = model.model[-1]
-
-    def rescale(module, args, out):
-        bias = 0 if module.bias is None else module.bias[None, :, None, None]
-        k = (HEAD_LOGIT_STD if module in head.m else 1.0) / (out - bias).std()
-        module.weight.mul_(k)
-        return (out - bias) * k + bias
-
-    hooks = [m.register_forward_hook(rescale) for m in model.modules()
-             if isinstance(m, torch.nn.Conv2d)]
-    try:
-        model(batch)
-    finally:
-        for h in hooks:
-            h.remove()
+    unit_variance(model, batch, lambda m: HEAD_LOGIT_STD if m in head.m else 1.0)
 
 
 def yolov5_export(path, size: int = 160, seed: int = 0, cfg: str = "yolov5n.yaml"):

@@ -58,25 +58,34 @@ def conv(ctx: RuleContext, node, grads):
         result[1] = weight_gradient(ctx, g, x, node.output[0], list(wshape), geo, group)
     if ctx.wants(node, 2):
         result[2] = ctx.b.reduce("ReduceSum", g, [0] + list(range(2, 2 + len(kernel))), False)
-    if not ctx.wants(node, 0):
-        return result
-    weights = ctx.index.const(w)
+    if ctx.wants(node, 0):
+        weights = ctx.index.const(w)
+        result[0] = data_gradient(ctx, g, node.output[0], x, w, weights, kernel, geo, group)
+    return result
+
+
+def data_gradient(ctx: RuleContext, g: str, out: str, x: str, w: str | None,
+                  weights: np.ndarray | None, kernel: list, geo: dict, group: int) -> str:
+    """dx of the conv x -> out given g = dL/d out: ConvTranspose(g, W). `w`: the weight's name
+    (None: a new constant), `weights` its value (None: computed at run time). Stride 1 with
+    constant (or runtime 1×1) weights: a Conv with _flipped_transposed(W), on ONNX Runtime's
+    fast Conv path; else a ConvTranspose, taken back to the blocked layout (to_blocked_layout)."""
+    b = ctx.b
     pads_t = [d * (k - 1) - p for d, k, p in
               zip(geo["dilations"] * 2, kernel * 2, geo["pads"])]
+    constant = weights is not None
     pointwise = all(k == 1 for k in kernel)
-    if all(s == 1 for s in geo["strides"]) and min(pads_t) >= 0 and (weights is not None
-                                                                      or pointwise):
-        if weights is not None:
-            w_t = ctx.b.const(_flipped_transposed(weights, group), weights.dtype)
+    if all(s == 1 for s in geo["strides"]) and min(pads_t) >= 0 and (constant or pointwise):
+        if constant:
+            w_t = b.const(_flipped_transposed(weights, group), weights.dtype)
         else:  # runtime 1×1 weights (meta-saliency's stepped copy): the transpose in-graph
-            w_t = _transposed_in_graph(ctx, w, list(wshape), group)
-        result[0] = ctx.b.op("Conv", g, w_t, group=group, pads=pads_t,
-                             dilations=geo["dilations"], kernel_shape=kernel)
-        return result
-    result[0] = conv_transpose_to(ctx, g, node.output[0], w, x, kernel, geo["strides"],
-                                  geo["pads"], geo["dilations"], group)
-    result[0] = to_blocked_layout(ctx, result[0], x)
-    return result
+            w_t = _transposed_in_graph(ctx, w, list(ctx.index.shapes[w]), group)
+        return b.op("Conv", g, w_t, group=group, pads=pads_t, dilations=geo["dilations"],
+                    kernel_shape=kernel)
+    w = w if w is not None else b.const(weights, weights.dtype)
+    dx = conv_transpose_to(ctx, g, out, w, x, kernel, geo["strides"], geo["pads"],
+                           geo["dilations"], group)
+    return to_blocked_layout(ctx, dx, x)
 
 
 def _transpose_begin_pads(ctx: RuleContext, node, kernel: list, x_hw, y_hw) -> tuple[list, dict]:

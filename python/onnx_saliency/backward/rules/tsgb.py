@@ -7,7 +7,9 @@ Conv (TSGB-Conv): ĝ_a = sign(a) ⊙ ConvTranspose(S / (D + ε), ones) per group
         sign(a) ⊙ B(spread) (TSGBContext.broadcast, _channel_summed), with and without fused ops:
         ONNX Runtime keeps these ops in its blocked CPU layout, where a custom op would pull
         every activation it reads out of that layout and back.
-      grouped/depthwise (or channels unknown): the fused op RectifiedConvTranspose, or its
+      depthwise (one input and one output channel per group): per channel in standard ops
+        (_depthwise_rule: depthwise Convs with all-ones kernels, in the blocked layout).
+      other grouped convs (or channels unknown): the fused op RectifiedConvTranspose, or its
         portable twin.
 BatchNormalization (ratio rule): ĝ_x = ĝ_y ⊙ y / (x + 1e-10), relevance passes unchanged.
 Fully-connected (TSGB-FC) on the classifier (classifier.py; fc="all": every FC layer), z = W a + b:
@@ -24,6 +26,8 @@ Exact rewrites that keep tensors with channels out of the graph:
 - Conv→ReLU: with ĝ_z = ĝ_y ⊙ 1[z>0], S = Σ ĝ_z ⊙ z = Σ ĝ_y ⊙ y, so where a conv's only consumer
   is a ReLU (and the conv output is not itself tapped) the ReLU passes ĝ_y unmasked and the conv
   rule reads y for z: no mask nodes, and ONNX Runtime keeps Conv+ReLU fused.
+- Conv→Clip (ReLU6): S = Σ ĝ_z ⊙ y with the Clip's output y for z (ĝ_z is zero where they
+  differ), so the forward keeps Conv+Clip fused and never stores z.
 - ĝ_y = sign(y) ⊙ B(s) (the next conv's broadcast): S = s ⊙ Σ_k |y|.
 - Conv → Add(·, other) → ReLU → y (a residual block): S = Σ ĝ_u ⊙ y − Σ ĝ_u ⊙ other, so the
   forward keeps Conv+Add+ReLU fused and never stores the conv's own output; Σ ĝ_u ⊙ y is taken
@@ -55,6 +59,7 @@ from ..context import (
 )
 from ..table import GRADIENT, RuleTable
 from . import activations, pooling
+from . import conv as conv_rules
 
 EPS = 1e-10
 
@@ -153,18 +158,31 @@ def relu(ctx: TSGBContext, node, grads):
     producer = ctx.index.producer.get(node.input[0])
     if producer is not None and producer.op_type == "Conv" and _relu_after(ctx, node.input[0]):
         return [grads[0]]                       # the conv rule accounts for the mask
-    # a term sign(y) ⊙ B(s) (a TSGB-Conv reading y) needs no sign: sign(y) = 1[y>0] for a ReLU's
-    # output, and the mask below applies it; the Sum then fuses into the broadcasting Conv
     y = node.output[0]
-    terms = ctx.summands.get(grads[0], [grads[0]])
-    unsigned = [ctx.broadcast(f.a, None, f.spread, f.weight)
-                if (f := ctx.broadcasts.get(t)) and f.a == y and f.sign is not None else t
-                for t in terms]
-    if unsigned != terms:
-        grads = [ctx.sum(unsigned)]
+    grads = [_unsigned(ctx, y, grads[0])]
     out = activations.relu_gradient(ctx, node, grads)[0]
     ctx.masked[out] = (grads[0], y)
     return [out]
+
+
+@TSGB.rule("Clip")
+def clip(ctx: TSGBContext, node, grads):
+    """The plain Clip backward; with min 0 (ReLU6) its mask 1[0 < y < max] implies y > 0, so the
+    terms sign(y) ⊙ B(s) of ĝ_y drop their sign first (`_unsigned`)."""
+    if activations.relu_like(node, ctx.index):
+        grads = [_unsigned(ctx, node.output[0], grads[0]), *grads[1:]]
+    return GRADIENT["Clip"](ctx, node, grads)
+
+
+def _unsigned(ctx: TSGBContext, y: str, g: str) -> str:
+    """g with its terms sign(y) ⊙ B(s) (TSGB-Conv reading y) written B(s), for a y ≥ 0 whose
+    backward masks by 1[y > 0] (ReLU, ReLU6): the mask applies the sign, and the Sum of the
+    terms then fuses into the broadcasting Conv."""
+    terms = ctx.summands.get(g, [g])
+    unsigned = [ctx.broadcast(f.a, None, f.spread, f.weight)
+                if (f := ctx.broadcasts.get(t)) and f.a == y and f.sign is not None else t
+                for t in terms]
+    return ctx.sum(unsigned) if unsigned != terms else g
 
 
 @TSGB.rule("MaxPool")
@@ -197,15 +215,54 @@ def conv(ctx: TSGBContext, node, grads):
     if len(kernel) != 2:
         raise ctx.unsupported(node, "is not a 2-D convolution; TSGB-Conv covers 2-D convolutions")
     relu_node = _relu_after(ctx, node.output[0])
-    z = relu_node.output[0] if relu_node is not None else node.output[0]
+    clip_node = _clip_after(ctx, node.output[0]) if relu_node is None else None
+    z = (relu_node or clip_node or node).output[0]
     a = node.input[0]
     if group == 1 and ctx.float_channels(a) is not None and ctx.float_channels(z) is not None:
-        result[0] = _channel_summed(ctx, node, grads[0], z, kernel, geo)
+        s = relevance(ctx, z, grads[0]) if clip_node is not None else None
+        result[0] = _channel_summed(ctx, node, grads[0], z, kernel, geo, s)
+        return result
+    if _depthwise(ctx, node, group):
+        result[0] = _depthwise_rule(ctx, a, grads[0], z, kernel, geo)
         return result
     result[0] = fused.rectified_conv_transpose(
         ctx, grads[0], z, a, kernel, geo["strides"], geo["pads"],
         geo["dilations"], group, EPS)
     return result
+
+
+def _clip_after(ctx: RuleContext, conv_out: str):
+    """The Clip node that is the only consumer of a conv output (not tapped), else None. Its
+    output y can stand for z in S = Σ ĝ_z ⊙ z: ĝ_z = ĝ_y ⊙ 1[min < z < max] is zero wherever
+    y ≠ z, so the forward keeps Conv+Clip fused and never stores z (ReLU6 in MobileNets)."""
+    users = ctx.index.consumers.get(conv_out, [])
+    if len(users) == 1 and users[0].op_type == "Clip" and users[0].domain in ("", "ai.onnx") \
+            and conv_out not in ctx.wrt and conv_out not in ctx.index.graph_outputs:
+        return users[0]
+    return None
+
+
+def _depthwise(ctx: RuleContext, node, group: int) -> bool:
+    """A 2-D depthwise conv (one input and one output channel per group), float32, constant
+    channel count: TSGB-Conv is then per channel and needs no channel sums."""
+    c = ctx.float_channels(node.input[0])
+    return group > 1 and c == group and ctx.float_channels(node.output[0]) == group
+
+
+def _depthwise_rule(ctx: TSGBContext, a: str, g: str, z: str, kernel, geo) -> str:
+    """TSGB-Conv on a depthwise conv, per channel c: ĝ_a = sign(a) ⊙ ConvTranspose(ĝ_z ⊙ z /
+    (Conv(|a|, ones) + ε), ones) with group = C. In standard ops that ONNX Runtime keeps in its
+    blocked layout (the depthwise Convs with all-ones kernels, ε as the first one's bias, the
+    products and the unit step) but the Div; the transpose is the gradient's own depthwise
+    data gradient (a Conv with stride 1)."""
+    b = ctx.b
+    c = ctx.float_channels(a)
+    ones = np.ones((c, 1) + tuple(kernel), np.float32)
+    window = b.op("Conv", a if _nonnegative(ctx, a) else b.op("Abs", a), b.const(ones),
+                  b.const(np.full(c, EPS, np.float32)), group=c, kernel_shape=list(kernel), **geo)
+    ratio = b.op("Div", b.op("Mul", g, z), window)
+    spread = conv_rules.data_gradient(ctx, ratio, z, a, None, ones, list(kernel), geo, c)
+    return b.op("Mul", _sign(ctx, a), spread)
 
 
 # -- TSGB-Conv for groups = 1 as single-channel maps -----------------------------------------
@@ -221,6 +278,9 @@ def _nonnegative(ctx: RuleContext, x: str) -> bool:
         return False
     if producer.op_type in ("Relu", "Sigmoid"):
         return True
+    if producer.op_type == "Clip":
+        low = activations.clip_bound(ctx, producer, 1)
+        return low is not None and low >= 0.0
     if producer.op_type in ("MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePool"):
         return _nonnegative(ctx, producer.input[0])
     return False
@@ -294,9 +354,10 @@ def _channel_dot(ctx: TSGBContext, g: str, y: str) -> str:
     return ctx.sum([relevance(ctx, y, t) for t in ctx.summands.get(x, [x])])
 
 
-def _channel_summed(ctx: TSGBContext, node, g: str, z: str, kernel, geo) -> str:
+def _channel_summed(ctx: TSGBContext, node, g: str, z: str, kernel, geo,
+                    s: str | None = None) -> str:
     b, a = ctx.b, node.input[0]
-    s = _relevance_sum(ctx, g, z)
+    s = s if s is not None else _relevance_sum(ctx, g, z)
     pointwise = list(kernel) == [1, 1] and geo["strides"] == [1, 1] and not any(geo["pads"])
     if pointwise:  # a 1×1 stride-1 window sum (and its transpose) is the map itself
         ratio = b.op("Div", s, b.op("Add", abs_channel_sum(ctx, a), b.const(np.float32(EPS))))
