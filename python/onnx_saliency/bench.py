@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from typing import Sequence
@@ -10,14 +11,20 @@ from typing import Sequence
 import numpy as np
 
 
-def paired_ratio(fn, reference, repeat: int) -> tuple[float, float]:
-    """Median over `repeat` rounds of time(fn) / time(reference), the two timed back to back in
-    each round (after one warm-up call each), and the median reference time. Pairing keeps the
-    ratio honest on a shared machine whose speed drifts between (and during) measurements."""
+def paired_ratio(fn, reference, repeat: int, min_seconds: float = 0.0) -> tuple[float, float]:
+    """Median over the rounds of time(fn) / time(reference), the two timed back to back in each
+    round (after one warm-up call each), and the median reference time. Pairing keeps the
+    ratio honest on a shared machine whose speed drifts between (and during) measurements.
+    Rounds: `repeat`, or more where that is under `min_seconds` of rounds (as the warm-up
+    calls took): a 10 ms forward pass swings 2x from call to call on a busy 2-core machine, and
+    a median of a few such ratios is noise."""
+    start = time.perf_counter()
     fn()
     reference()
+    warm = time.perf_counter() - start
+    rounds = max(repeat, math.ceil(min_seconds / warm) if warm > 0 else repeat)
     ratios, refs = [], []
-    for _ in range(repeat):
+    for _ in range(rounds):
         start = time.perf_counter()
         reference()
         mid = time.perf_counter()
