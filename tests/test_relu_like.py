@@ -225,7 +225,7 @@ def test_relu6_with_one_element_bounds_is_relu_like():
                                     (-1e-3, 1e30), (0.0, None), (-7.0, -2.0), (0.0, 1e-20)])
 def test_clip_gradient_is_exactly_the_inside_indicator(tmp_path, lo, hi):
     """Clip's backward g·1[min < x < max], read off its output with exact float unit steps
-    (activations._side_step: HardSigmoid with power-of-two gains), against NumPy's indicator
+    (activations.side_step: HardSigmoid with power-of-two gains), against NumPy's indicator
     on normal float32 inputs at, next to and far from each bound (and the Where form's fallback
     where no exact gain exists: the tiny and huge bounds). Any mismatch is a wrong mask, not
     rounding. (A subnormal activation, below 2^-126, can get a fractional step where the

@@ -100,7 +100,7 @@ def clip_bound(ctx: RuleContext, node, slot: int) -> float | None:
     return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
 
 
-def _side_step(ctx: RuleContext, y: str, bound: float, above: bool, limit: float) -> str | None:
+def side_step(ctx: RuleContext, y: str, bound: float, above: bool, limit: float) -> str | None:
     """1[y > bound] (above) or 1[y < bound] as floats, for y = Clip(x) inside [lo, hi] and a
     constant bound: HardSigmoid(y; α = ±G, β = ∓G·bound) = min(max(±G(y − bound), 0), 1), G a
     power of two so that G·y and G·bound are exact and cannot overflow (|y| ≤ max(|lo|, |hi|)),
@@ -123,7 +123,7 @@ def _side_step(ctx: RuleContext, y: str, bound: float, above: bool, limit: float
 def clip(ctx, node, grads):
     """g·1[min < x < max], read off y = Clip(x) (min < x < max ⟺ min < y < max; reading y
     keeps the Conv+Clip fusion of the forward): for float32 and constant bounds, products of
-    exact unit steps (`_side_step`), which stay in ONNX Runtime's blocked layout with the Mul by
+    exact unit steps (`side_step`), which stay in ONNX Runtime's blocked layout with the Mul by
     g (ReLU6 backward in MobileNets); else Where(And(x > min, x < max), g, 0)."""
     b, x, y = ctx.b, node.input[0], node.output[0]
     lo, hi = clip_bound(ctx, node, 1), clip_bound(ctx, node, 2)
@@ -132,7 +132,7 @@ def clip(ctx, node, grads):
     steps = []
     if ctx.index.types.get(y) == onnx.TensorProto.FLOAT and all(v is not None for _, v in given):
         limit = max(abs(v) for _, v in given)
-        steps = [_side_step(ctx, y, v, slot == 1, limit) for slot, v in given]
+        steps = [side_step(ctx, y, v, slot == 1, limit) for slot, v in given]
     if steps and all(step is not None for step in steps):
         mask = steps[0] if len(steps) == 1 else b.op("Mul", steps[0], steps[1])
         g = b.op("Mul", grads[0], mask)
@@ -348,7 +348,7 @@ def deconvnet(ctx, node, grads):
         hi, y = clip_bound(ctx, node, 2), node.output[0]
         step = None
         if hi is not None and ctx.index.types.get(y) == onnx.TensorProto.FLOAT:
-            step = _side_step(ctx, y, hi, False, abs(hi))    # 1[y < max] ⟺ 1[x < max]
+            step = side_step(ctx, y, hi, False, abs(hi))    # 1[y < max] ⟺ 1[x < max]
         g = ctx.b.op("Mul", g, step) if step is not None else \
             _mask(ctx, ctx.b.op("Less", node.input[0], node.input[2]), g)
     return [g] + [None] * (len(node.input) - 1)

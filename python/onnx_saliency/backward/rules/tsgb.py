@@ -46,6 +46,7 @@ from functools import cached_property
 from typing import Sequence
 
 import numpy as np
+import onnx
 
 from ... import fused
 from ...graph import attrs_of
@@ -94,7 +95,10 @@ class TSGBContext(RuleContext):
 
     broadcasts: dict[str, Broadcast] = field(default_factory=dict)   # broadcast() -> its factors
     summands: dict[str, list[str]] = field(default_factory=dict)     # sum() of several -> terms
-    masked: dict[str, tuple[str, str]] = field(default_factory=dict)  # g ⊙ 1[y>0] -> (g, y)
+    masked: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    #   a ReLU's or ReLU6's backward g ⊙ mask(y) -> (g, y, w = y ⊙ mask(y))
+    signed: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #   sign(a) ⊙ spread with a spread of a's channels (depthwise TSGB-Conv) -> (a, spread)
     pooled: dict[str, tuple[str, str, dict]] = field(default_factory=dict)
     #   MaxPool backward of sign(p) ⊙ B(s) -> (pool input, s, pool geometry)
 
@@ -161,17 +165,28 @@ def relu(ctx: TSGBContext, node, grads):
     y = node.output[0]
     grads = [_unsigned(ctx, y, grads[0])]
     out = activations.relu_gradient(ctx, node, grads)[0]
-    ctx.masked[out] = (grads[0], y)
+    ctx.masked[out] = (grads[0], y, y)     # y ⊙ 1[y > 0] = y
     return [out]
 
 
 @TSGB.rule("Clip")
 def clip(ctx: TSGBContext, node, grads):
-    """The plain Clip backward; with min 0 (ReLU6) its mask 1[0 < y < max] implies y > 0, so the
-    terms sign(y) ⊙ B(s) of ĝ_y drop their sign first (`_unsigned`)."""
-    if activations.relu_like(node, ctx.index):
-        grads = [_unsigned(ctx, node.output[0], grads[0]), *grads[1:]]
-    return GRADIENT["Clip"](ctx, node, grads)
+    """The plain Clip backward. With min 0 (ReLU6) its mask 1[0 < y < max] implies y > 0, so the
+    terms sign(y) ⊙ B(s) of ĝ_y drop their sign first (`_unsigned`), and the result is noted with
+    w = y ⊙ 1[y < max] (= y ⊙ mask), from which the conv before reads S (`_masked_dot`)."""
+    if not activations.relu_like(node, ctx.index):
+        return GRADIENT["Clip"](ctx, node, grads)
+    y = node.output[0]
+    g = _unsigned(ctx, y, grads[0])
+    result = GRADIENT["Clip"](ctx, node, [g, *grads[1:]])
+    hi = activations.clip_bound(ctx, node, 2)
+    has_max = len(node.input) > 2 and node.input[2]
+    step = None
+    if has_max and hi is not None and ctx.index.types.get(y) == onnx.TensorProto.FLOAT:
+        step = activations.side_step(ctx, y, hi, False, abs(hi))   # the mask's own upper step
+    if not has_max or step is not None:
+        ctx.masked[result[0]] = (g, y, y if not has_max else ctx.b.op("Mul", y, step))
+    return result
 
 
 def _unsigned(ctx: TSGBContext, y: str, g: str) -> str:
@@ -219,7 +234,7 @@ def conv(ctx: TSGBContext, node, grads):
     z = (relu_node or clip_node or node).output[0]
     a = node.input[0]
     if group == 1 and ctx.float_channels(a) is not None and ctx.float_channels(z) is not None:
-        s = relevance(ctx, z, grads[0]) if clip_node is not None else None
+        s = _channel_dot(ctx, grads[0], z) if clip_node is not None else None
         result[0] = _channel_summed(ctx, node, grads[0], z, kernel, geo, s)
         return result
     if _depthwise(ctx, node, group):
@@ -260,9 +275,11 @@ def _depthwise_rule(ctx: TSGBContext, a: str, g: str, z: str, kernel, geo) -> st
     ones = np.ones((c, 1) + tuple(kernel), np.float32)
     window = b.op("Conv", a if _nonnegative(ctx, a) else b.op("Abs", a), b.const(ones),
                   b.const(np.full(c, EPS, np.float32)), group=c, kernel_shape=list(kernel), **geo)
-    ratio = b.op("Div", b.op("Mul", g, z), window)
+    ratio = b.op("Div", _masked_product(ctx, g, z), window)
     spread = conv_rules.data_gradient(ctx, ratio, z, a, None, ones, list(kernel), geo, c)
-    return b.op("Mul", _sign(ctx, a), spread)
+    out = b.op("Mul", _sign(ctx, a), spread)
+    ctx.signed[out] = (a, spread)
+    return out
 
 
 # -- TSGB-Conv for groups = 1 as single-channel maps -----------------------------------------
@@ -345,13 +362,42 @@ def _relevance_sum(ctx: TSGBContext, g: str, z: str) -> str:
 
 
 def _channel_dot(ctx: TSGBContext, g: str, y: str) -> str:
-    """Σ_k g ⊙ y [N,1,H,W] for a ReLU output y. Where g = X ⊙ 1[y>0] (that ReLU's backward) it
-    is Σ_k X ⊙ y, term by term: a broadcast B(s) of y gives s ⊙ Σ_k y; any other term T gives
-    Σ_k T ⊙ y, the product the next residual block's rule forms for its own S (shared)."""
-    x, masked_y = ctx.masked.get(g, (None, None))
+    """Σ_k g ⊙ y [N,1,H,W] for a ReLU or ReLU6 output y. Where g = X ⊙ mask(y) (that unit's
+    backward, noted in ctx.masked with w = y ⊙ mask(y): ReLU y, ReLU6 y ⊙ 1[y < max]) it is
+    Σ_k X ⊙ w, term by term: a broadcast B(s) (unsigned, or signed by y) gives s ⊙ Σ_k w;
+    sign(y) ⊙ spread gives Σ_k spread ⊙ w (w ≥ 0, zero where y is); any other term T gives
+    Σ_k T ⊙ w, for a ReLU the product the next residual block's rule forms for its own S."""
+    x, masked_y, w = ctx.masked.get(g, (None, None, None))
     if masked_y != y:
         return relevance(ctx, y, g)
-    return ctx.sum([relevance(ctx, y, t) for t in ctx.summands.get(x, [x])])
+    b = ctx.b
+    sums = []
+    for t in ctx.summands.get(x, [x]):
+        f = ctx.broadcasts.get(t)
+        if f is not None and (f.sign is None or f.a == y):
+            sums.append(b.op("Mul", f.spread, _channel_sum(ctx, w, y)))
+            continue
+        signed = ctx.signed.get(t)
+        sums.append(_channel_sum(ctx, b.op("Mul", signed[1] if signed and signed[0] == y else t, w),
+                                 y))
+    return ctx.sum(sums)
+
+
+def _masked_product(ctx: TSGBContext, g: str, y: str) -> str:
+    """g ⊙ y, for g = X ⊙ mask(y) noted in ctx.masked: X' ⊙ w, X' being X with the factors sign(y)
+    dropped (w ≥ 0 is zero where y is): one product instead of the mask's and y's."""
+    x, masked_y, w = ctx.masked.get(g, (None, None, None))
+    if masked_y != y:
+        return ctx.b.op("Mul", g, y)
+    terms = []
+    for t in ctx.summands.get(x, [x]):
+        f, signed = ctx.broadcasts.get(t), ctx.signed.get(t)
+        if f is not None and f.sign is not None and f.a == y:
+            t = ctx.broadcast(f.a, None, f.spread, f.weight)
+        elif signed is not None and signed[0] == y:
+            t = signed[1]
+        terms.append(t)
+    return ctx.b.op("Mul", ctx.sum(terms), w)
 
 
 def _channel_summed(ctx: TSGBContext, node, g: str, z: str, kernel, geo,
