@@ -76,9 +76,10 @@ def _kept_share(a, node, index):
     return np.repeat(d / (d + EPS), k_out // group, axis=1)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "vgg11", "mobilenet_v2"])
+@pytest.mark.parametrize("name", ["resnet18", "vgg11", "mobilenet_v2", "regnet_x_400mf"])
 def test_every_conv_conserves_relevance(name, tmp_path):
-    """Σ a ⊙ ĝ_a = Σ ĝ_z ⊙ z for every conv (grouped/depthwise included), per image; the signal
+    """Σ a ⊙ ĝ_a = Σ ĝ_z ⊙ z for every conv (depthwise: MobileNetV2's standard-op rule; grouped
+    with 16 channels a group: RegNetX's RectifiedConvTranspose), per image; the signal
     the graph carries at z is fed to the kernel, and the graph's own ĝ_a is checked wherever the
     conv is the only consumer of its input."""
     path = tmp_path / f"{name}.onnx"
@@ -289,7 +290,7 @@ def test_tsgb_options_and_normalized_form(tmp_path):
 def test_fused_and_portable_tsgb_agree_on_a_model_of_unknown_spatial_size():
     """The rapidocr classifier's height and width are symbolic, so every fit of a spread back to
     its input's size is computed at run time (a fit that padded the channel axis too once zeroed
-    the portable maps here). Fused: RectifiedConvTranspose on its depthwise convs."""
+    the portable maps here; its depthwise convs' spreads are fitted so in both graphs)."""
     path = rapidocr_classifier()
     x = _images(2, 48, seed=4)[..., :48].repeat(4, axis=3)  # [2, 3, 48, 192]
     maps = [osal.Explainer(path, methods=["tsgb"], fused=f).explain(x, [0, 1])["tsgb"]
