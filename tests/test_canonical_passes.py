@@ -190,6 +190,88 @@ def test_fold_constants_evaluates_constant_nodes_and_keeps_random_ops():
     assert {v.name for v in state.model.graph.value_info} >= {"pooled", "flat"}
 
 
+def _padded_conv_model(pad_node, *extra_inits, opset=17, readers=1, conv_pads=(1, 1, 1, 1),
+                       auto_pad=None) -> onnx.ModelProto:
+    """x [N,3,6,7] → pad_node (→ "p") → Conv 3×3 stride 2 (+ a second Conv reading p when
+    readers = 2) → GlobalAveragePool → Flatten → Gemm → logits [N,5]."""
+    rng = np.random.default_rng(1)
+    conv_attrs = {"strides": [2, 2]}
+    conv_attrs.update({"auto_pad": auto_pad} if auto_pad else {"pads": list(conv_pads)})
+    nodes = [pad_node, helper.make_node("Conv", ["p", "w"], ["c"], name="conv", **conv_attrs)]
+    summed = "c"
+    if readers == 2:
+        nodes += [helper.make_node("Conv", ["p", "w"], ["c2"], name="conv2", **conv_attrs),
+                  helper.make_node("Add", ["c", "c2"], ["c3"], name="both")]
+        summed = "c3"
+    nodes += [helper.make_node("GlobalAveragePool", [summed], ["pooled"], name="pool"),
+              helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten"),
+              helper.make_node("Gemm", ["flat", "fw"], ["logits"], name="fc", transB=1)]
+    inits = {"w": rng.standard_normal((4, 3, 3, 3)), "fw": rng.standard_normal((5, 4))}
+    inits.update(dict(extra_inits))
+    return _model(nodes, inits, inputs=[helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["N", 3, 6, 7])], opset=opset)
+
+
+def _ints(name, values):
+    return name, numpy_helper.from_array(np.asarray(values, np.int64), name)
+
+
+@pytest.mark.parametrize("case, folded", [
+    ("zeros", True), ("zeros, opset 18 axes", True), ("zero value given", True),
+    ("auto_pad VALID", True), ("value 1", False), ("reflect", False), ("pads C", False),
+    ("crops", False), ("two readers", False), ("auto_pad SAME_UPPER", False)])
+def test_fold_zero_pads_moves_a_convs_zero_padding_into_its_pads(case, folded):
+    """A zero-filling Pad of H, W read only by a Conv disappears into the Conv's pads (added to
+    its own, asymmetric ones included); any other Pad stays. Either way the gradient equals the
+    original file's, by central differences through ONNX Runtime (the model is affine in x, so
+    ε = 1 is exact up to float32 rounding of the logits: 1e-4 relative). A reflecting Pad has no
+    backward rule: the explainer refuses it, as before."""
+    import onnxruntime as ort
+    import onnx_saliency as osal
+    spatial = [0, 0, 1, 2, 0, 0, 2, 1]            # N, C, H, W begins, then ends
+    pad, inits, opset, extra = "pad", [_ints("pads", spatial)], 17, {}
+    if case == "zeros, opset 18 axes":
+        inits, opset = [_ints("pads", [1, 2, 2, 1]), _ints("axes", [2, 3])], 18
+    if case == "zero value given":
+        inits.append(("zero", numpy_helper.from_array(np.float32(0.0), "zero")))
+    if case == "value 1":
+        inits.append(("zero", numpy_helper.from_array(np.float32(1.0), "zero")))
+    if case == "pads C":
+        inits = [_ints("pads", [0, 1, 1, 2, 0, 0, 2, 1])]
+    if case == "crops":
+        inits = [_ints("pads", [0, 0, 1, -1, 0, 0, 2, 1])]
+    names = ["x", "pads"] + (["zero"] if case in ("zero value given", "value 1") else []) \
+        + (["", "axes"] if case == "zeros, opset 18 axes" else [])
+    attrs = {"mode": "reflect"} if case == "reflect" else {}
+    node = helper.make_node("Pad", names, ["p"], name=pad, **attrs)
+    auto = {"auto_pad VALID": "VALID", "auto_pad SAME_UPPER": "SAME_UPPER"}.get(case)
+    model = _padded_conv_model(node, *inits, opset=opset, readers=2 if case == "two readers" else 1,
+                               auto_pad=auto)
+    if case == "pads C":       # the conv then reads 4 channels
+        model.graph.initializer[0].CopyFrom(numpy_helper.from_array(
+            np.random.default_rng(2).standard_normal((4, 4, 3, 3)).astype(np.float32), "w"))
+    canon = canonicalize(model)
+    assert ("Pad" not in _ops(canon.model)) == folded
+    if folded:
+        conv = next(n for n in canon.model.graph.node if n.op_type == "Conv")
+        pads = helper.get_attribute_value(next(a for a in conv.attribute if a.name == "pads"))
+        assert pads == ([1 + 1, 1 + 2, 1 + 2, 1 + 1] if not auto else [1, 2, 2, 1])
+    x = np.random.default_rng(3).standard_normal((1, 3, 6, 7)).astype(np.float32)
+    if case == "reflect":
+        with pytest.raises(osal.UnsupportedOpError, match="mode 'reflect'"):
+            osal.gradient(model, x, target=2)
+        return
+    got = osal.gradient(model, x, target=2)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = np.zeros(x.size)
+    for i in range(x.size):
+        step = np.zeros(x.size, np.float32)
+        step[i] = 1.0
+        up, down = (session.run(None, {"x": x + d.reshape(x.shape)})[0][0, 2] for d in (step, -step))
+        want[i] = (up - down) / 2.0
+    np.testing.assert_allclose(got.reshape(-1), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
 # --- the postcondition -------------------------------------------------------------------------
 
 def _canonical_state() -> Canonicalization:

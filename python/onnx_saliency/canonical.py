@@ -17,6 +17,7 @@ After the passes the model is canonical (`check_canonical` checks all but the fo
 - every node named, no two alike; no Constant nodes (their values are initializers); nodes
   whose inputs are all constant folded (where the ONNX reference evaluator runs them);
 - nodes in topological order, each tensor made once, and only the nodes the output needs;
+- no zero-filling Pad of the spatial axes whose only reader is a Conv (folded into its pads);
 - value_info only for tensors of this graph: shape inference ran after the last rewrite.
 """
 
@@ -636,6 +637,83 @@ def fold_constants(state: Canonicalization) -> None:
     state.model = infer_shapes(remove_dead_code(model))
 
 
+def fold_zero_pads(state: Canonicalization) -> None:
+    """Ensures no Pad whose only reader is a Conv pads with zeros on the spatial axes alone: its
+    pads move into the Conv's (Conv(Pad(x)) = Conv(x) with the pads added, the same zeros read).
+    TensorFlow exports write "same" padding so (EfficientNet-Lite's `static_padding`); a Pad the
+    explainer also reads would keep ONNX Runtime from fusing it into the Conv and pull it out of
+    the blocked layout, with its backward (a Slice), around every such conv. Pads that crop,
+    fill with another value or mode, pad N or C, or feed a Conv with auto_pad, stay."""
+    graph = state.model.graph
+    consts = {t.name: t for t in graph.initializer if not is_placeholder(t)}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node_reads(node):
+            readers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    folded = set()
+    for pad in graph.node:
+        if pad.op_type != "Pad" or pad.domain not in ("", "ai.onnx") or pad.output[0] in outputs:
+            continue
+        users = readers.get(pad.output[0], [])
+        conv = users[0] if len(users) == 1 else None
+        if conv is None or conv.op_type != "Conv" or conv.domain not in ("", "ai.onnx") \
+                or conv.input[0] != pad.output[0] or list(conv.input).count(pad.output[0]) != 1:
+            continue
+        spatial = _zero_pad_spatial(pad, consts)
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in conv.attribute}
+        auto_pad = attrs.get("auto_pad", b"NOTSET")
+        if spatial is None or (auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad) \
+                not in ("NOTSET", "VALID"):
+            continue
+        n = len(spatial) // 2
+        old = list(attrs.get("pads", [0] * 2 * n))
+        if len(old) != 2 * n:
+            continue
+        for a in [a for a in conv.attribute if a.name in ("pads", "auto_pad")]:
+            conv.attribute.remove(a)
+        conv.attribute.append(onnx.helper.make_attribute("pads", [o + s for o, s in zip(old, spatial)]))
+        conv.input[0] = pad.input[0]
+        folded.add(pad.name)
+    if folded:
+        keep = [node for node in graph.node if node.name not in folded]
+        del graph.node[:]
+        graph.node.extend(keep)
+        state.model = infer_shapes(remove_dead_code(state.model))
+
+
+def _zero_pad_spatial(pad: onnx.NodeProto, consts: dict) -> list[int] | None:
+    """The spatial pads [b1, b2, …, e1, e2, …] (all ≥ 0) of a constant-mode Pad of a rank-3+
+    tensor with zero fill and no padding of N or C, its pads (and axes) constant; else None."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in pad.attribute}
+    mode = attrs.get("mode", b"constant")
+    if (mode.decode() if isinstance(mode, bytes) else mode) != "constant":
+        return None
+    def value(i):
+        if len(pad.input) <= i or not pad.input[i]:
+            return None
+        return numpy_helper.to_array(consts[pad.input[i]]) if pad.input[i] in consts else False
+    pads, fill, axes = value(1), value(2), value(3)
+    if pads is None or pads is False or fill is False or axes is False:
+        return None
+    if fill is not None and (fill.size != 1 or float(fill.reshape(-1)[0]) != 0.0):
+        return None
+    pads = [int(v) for v in pads.reshape(-1)]
+    rank = len(pads) // 2 if axes is None else None
+    if axes is not None:   # opset 18: pads for `axes` only; spread them over the rank
+        axes = [int(a) for a in axes.reshape(-1)]
+        if any(a < 0 for a in axes):
+            return None
+        rank = max(axes + [1]) + 1
+        full = [0] * (2 * rank)
+        for k, a in enumerate(axes):
+            full[a], full[rank + a] = pads[k], pads[len(axes) + k]
+        pads = full
+    if rank < 3 or any(v < 0 for v in pads) or pads[0] or pads[1] or pads[rank] or pads[rank + 1]:
+        return None
+    return pads[2:rank] + pads[rank + 2:]
+
+
 # The order matters where a pass needs another's work: choose_output runs before convert_opset
 # (the converter rewrites a Softmax-11), make_batch_dynamic after channels_first_input (it sets
 # dim 0 of the NCHW input) and fold_constants last (shape inference sees the dynamic batch).
@@ -654,6 +732,7 @@ PASSES: tuple[Pass, ...] = (
     fix_input_size,
     make_batch_dynamic,
     fold_constants,
+    fold_zero_pads,   # after fold_constants: pads computed from constants are initializers
     formats.type_quantized_ops,
 )
 
