@@ -222,7 +222,8 @@ def _ints(name, values):
     ("crops", False), ("two readers", False), ("auto_pad SAME_UPPER", False)])
 def test_fold_zero_pads_moves_a_convs_zero_padding_into_its_pads(case, folded):
     """A zero-filling Pad of H, W read only by a Conv disappears into the Conv's pads (added to
-    its own, asymmetric ones included); any other Pad stays. Either way the gradient equals the
+    its own, asymmetric ones included), and the conv's output keeps the batch symbol (ONNX
+    infers a Pad's N + 0 as a new one); any other Pad stays. Either way the gradient equals the
     original file's, by central differences through ONNX Runtime (the model is affine in x, so
     ε = 1 is exact up to float32 rounding of the logits: 1e-4 relative). A reflecting Pad has no
     backward rule: the explainer refuses it, as before."""
@@ -256,6 +257,8 @@ def test_fold_zero_pads_moves_a_convs_zero_padding_into_its_pads(case, folded):
         conv = next(n for n in canon.model.graph.node if n.op_type == "Conv")
         pads = helper.get_attribute_value(next(a for a in conv.attribute if a.name == "pads"))
         assert pads == ([1 + 1, 1 + 2, 1 + 2, 1 + 1] if not auto else [1, 2, 2, 1])
+        shapes = {v.name: v.type.tensor_type.shape.dim for v in canon.model.graph.value_info}
+        assert shapes["c"][0].dim_param == "N"   # the batch symbol, not the Pad's unk__k
     x = np.random.default_rng(3).standard_normal((1, 3, 6, 7)).astype(np.float32)
     if case == "reflect":
         with pytest.raises(osal.UnsupportedOpError, match="mode 'reflect'"):

@@ -679,6 +679,9 @@ def fold_zero_pads(state: Canonicalization) -> None:
         keep = [node for node in graph.node if node.name not in folded]
         del graph.node[:]
         graph.node.extend(keep)
+        # inferred afresh: a Pad's output batch was a new symbol (ONNX infers N + 0 as unk__k),
+        # and the old value_info would pin it on the convs: the batch symbol survives now
+        del graph.value_info[:]
         state.model = infer_shapes(remove_dead_code(state.model))
 
 

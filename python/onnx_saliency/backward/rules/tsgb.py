@@ -173,7 +173,8 @@ def relu(ctx: TSGBContext, node, grads):
 def clip(ctx: TSGBContext, node, grads):
     """The plain Clip backward. With min 0 (ReLU6) its mask 1[0 < y < max] implies y > 0, so the
     terms sign(y) ⊙ B(s) of ĝ_y drop their sign first (`_unsigned`), and the result is noted with
-    w = y ⊙ 1[y < max] (= y ⊙ mask), from which the conv before reads S (`_masked_dot`)."""
+    w = y ⊙ 1[y < max] (= y ⊙ mask), from which the conv before reads S (`_channel_dot`,
+    `_masked_product`)."""
     if not activations.relu_like(node, ctx.index):
         return GRADIENT["Clip"](ctx, node, grads)
     y = node.output[0]
