@@ -152,11 +152,14 @@ def conv_params(ctx: RuleContext, node: onnx.NodeProto) -> tuple[list[int], dict
     return kernel, conv_geometry(ctx, node, node.input[0], kernel), attrs_of(node).get("group", 1)
 
 
-def channel_scale(ctx: RuleContext, x: str, channels: int, factor: float) -> str:
-    """x·factor as a 1×1 depthwise Conv: a Conv, unlike a Mul by a constant, is kept in ONNX
-    Runtime's blocked (NCHWc) CPU layout, and an activation after it is fused."""
+def channel_scale(ctx: RuleContext, x: str, channels: int, factor: float,
+                  offset: float | None = None) -> str:
+    """x·factor (+ offset) as a 1×1 depthwise Conv (the offset its bias): a Conv, unlike a Mul
+    or Add with a constant, is kept in ONNX Runtime's blocked (NCHWc) CPU layout, and an
+    activation after it is fused."""
     weight = ctx.b.const(np.full((channels, 1, 1, 1), factor, np.float32))
-    return ctx.b.op("Conv", x, weight, group=channels, kernel_shape=[1, 1])
+    bias = [] if offset is None else [ctx.b.const(np.full(channels, offset, np.float32))]
+    return ctx.b.op("Conv", x, weight, *bias, group=channels, kernel_shape=[1, 1])
 
 
 def to_blocked_layout(ctx: RuleContext, value: str, like: str) -> str:

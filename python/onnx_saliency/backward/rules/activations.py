@@ -184,10 +184,8 @@ def hard_swish(ctx, node, grads):
     c = ctx.float_channels(x)
     if c is not None:
         def clipped(gain: float, offset: float, lo: float, hi: float) -> str:
-            weight = b.const(np.full((c, 1, 1, 1), gain, np.float32))
-            conv = b.op("Conv", x, weight, b.const(np.full(c, offset, np.float32)), group=c,
-                        kernel_shape=[1, 1])
-            return b.op("Clip", conv, b.const(np.float32(lo)), b.const(np.float32(hi)))
+            return b.op("Clip", channel_scale(ctx, x, c, gain, offset), b.const(np.float32(lo)),
+                        b.const(np.float32(hi)))
         slope = b.op("Sum", clipped(1.0 / 3.0, 0.5, -0.5, 1.5),
                      clipped(-_STEP_GAIN, -3.0 * _STEP_GAIN, 0.0, 0.5),
                      clipped(-_STEP_GAIN, 3.0 * _STEP_GAIN, -0.5, 0.0))

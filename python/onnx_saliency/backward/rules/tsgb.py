@@ -148,13 +148,20 @@ class TSGBContext(RuleContext):
 TSGB = RuleTable("tsgb", over=GRADIENT, context=TSGBContext)
 
 
-def _relu_after(ctx: RuleContext, conv_out: str):
-    """The ReLU node that is the only consumer of a conv output (not tapped), else None."""
-    users = ctx.index.consumers.get(conv_out, [])
-    if len(users) == 1 and users[0].op_type == "Relu" and conv_out not in ctx.wrt \
-            and conv_out not in ctx.index.graph_outputs:
+def _sole_consumer(ctx: RuleContext, out: str, op_type: str):
+    """The node of `op_type` (default domain) that is the only consumer of `out`, where `out`
+    is neither tapped nor a graph output; else None. A ReLU or Clip after a conv: its output y
+    can stand for the conv's z (see the module docstring and `_clip_after`)."""
+    users = ctx.index.consumers.get(out, [])
+    if len(users) == 1 and users[0].op_type == op_type and users[0].domain in ("", "ai.onnx") \
+            and out not in ctx.wrt and out not in ctx.index.graph_outputs:
         return users[0]
     return None
+
+
+def _relu_after(ctx: RuleContext, conv_out: str):
+    """The ReLU node that is the only consumer of a conv output (not tapped), else None."""
+    return _sole_consumer(ctx, conv_out, "Relu")
 
 
 @TSGB.rule("Relu")
@@ -195,10 +202,16 @@ def _unsigned(ctx: TSGBContext, y: str, g: str) -> str:
     backward masks by 1[y > 0] (ReLU, ReLU6): the mask applies the sign, and the Sum of the
     terms then fuses into the broadcasting Conv."""
     terms = ctx.summands.get(g, [g])
-    unsigned = [ctx.broadcast(f.a, None, f.spread, f.weight)
-                if (f := ctx.broadcasts.get(t)) and f.a == y and f.sign is not None else t
-                for t in terms]
+    unsigned = [_unsigned_broadcast(ctx, y, t) for t in terms]
     return ctx.sum(unsigned) if unsigned != terms else g
+
+
+def _unsigned_broadcast(ctx: TSGBContext, y: str, t: str) -> str:
+    """B(s) for a term t = sign(y) ⊙ B(s) (a recorded broadcast signed by y), else t."""
+    f = ctx.broadcasts.get(t)
+    if f is not None and f.a == y and f.sign is not None:
+        return ctx.broadcast(f.a, None, f.spread, f.weight)
+    return t
 
 
 @TSGB.rule("MaxPool")
@@ -251,11 +264,7 @@ def _clip_after(ctx: RuleContext, conv_out: str):
     """The Clip node that is the only consumer of a conv output (not tapped), else None. Its
     output y can stand for z in S = Σ ĝ_z ⊙ z: ĝ_z = ĝ_y ⊙ 1[min < z < max] is zero wherever
     y ≠ z, so the forward keeps Conv+Clip fused and never stores z (ReLU6 in MobileNets)."""
-    users = ctx.index.consumers.get(conv_out, [])
-    if len(users) == 1 and users[0].op_type == "Clip" and users[0].domain in ("", "ai.onnx") \
-            and conv_out not in ctx.wrt and conv_out not in ctx.index.graph_outputs:
-        return users[0]
-    return None
+    return _sole_consumer(ctx, conv_out, "Clip")
 
 
 def _depthwise(ctx: RuleContext, node, group: int) -> bool:
@@ -392,12 +401,9 @@ def _masked_product(ctx: TSGBContext, g: str, y: str) -> str:
         return ctx.b.op("Mul", g, y)
     terms = []
     for t in ctx.summands.get(x, [x]):
-        f, signed = ctx.broadcasts.get(t), ctx.signed.get(t)
-        if f is not None and f.sign is not None and f.a == y:
-            t = ctx.broadcast(f.a, None, f.spread, f.weight)
-        elif signed is not None and signed[0] == y:
-            t = signed[1]
-        terms.append(t)
+        signed = ctx.signed.get(t)
+        terms.append(signed[1] if signed is not None and signed[0] == y
+                     else _unsigned_broadcast(ctx, y, t))
     return ctx.b.op("Mul", ctx.sum(terms), w)
 
 
