@@ -38,7 +38,7 @@ from onnx import numpy_helper, shape_inference, version_converter
 from . import contrib_ops
 from . import formats
 from .errors import ModelLoadError, UnsupportedOpError
-from .graph import opset_version
+from .graph import attrs_of, opset_version
 from .runtime import (SPLIT_BYTES, Weights, copy_fields, is_placeholder, join_weights,
                       split_weights, tensor_bytes)
 
@@ -661,7 +661,7 @@ def fold_zero_pads(state: Canonicalization) -> None:
                 or conv.input[0] != pad.output[0] or list(conv.input).count(pad.output[0]) != 1:
             continue
         spatial = _zero_pad_spatial(pad, consts)
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in conv.attribute}
+        attrs = attrs_of(conv)
         auto_pad = attrs.get("auto_pad", b"NOTSET")
         if spatial is None or (auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad) \
                 not in ("NOTSET", "VALID"):
@@ -688,16 +688,13 @@ def fold_zero_pads(state: Canonicalization) -> None:
 def _zero_pad_spatial(pad: onnx.NodeProto, consts: dict) -> list[int] | None:
     """The spatial pads [b1, b2, …, e1, e2, …] (all ≥ 0) of a constant-mode Pad of a rank-3+
     tensor with zero fill and no padding of N or C, its pads (and axes) constant; else None."""
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in pad.attribute}
-    mode = attrs.get("mode", b"constant")
-    if (mode.decode() if isinstance(mode, bytes) else mode) != "constant":
+    mode = attrs_of(pad).get("mode", b"constant")
+    if (mode.decode() if isinstance(mode, bytes) else mode) != "constant" or len(pad.input) < 2 \
+            or any(name and name not in consts for name in pad.input[1:]):
         return None
-    def value(i):
-        if len(pad.input) <= i or not pad.input[i]:
-            return None
-        return numpy_helper.to_array(consts[pad.input[i]]) if pad.input[i] in consts else False
-    pads, fill, axes = value(1), value(2), value(3)
-    if pads is None or pads is False or fill is False or axes is False:
+    pads, fill, axes = (numpy_helper.to_array(consts[pad.input[i]])
+                        if len(pad.input) > i and pad.input[i] else None for i in (1, 2, 3))
+    if pads is None:
         return None
     if fill is not None and (fill.size != 1 or float(fill.reshape(-1)[0]) != 0.0):
         return None
