@@ -5,11 +5,11 @@ by op type as a share of the total, for the families of bench_families.py.
     python benchmarks/profile_ops.py --models resnet50 --runtime-weights
 
 Each (model, method): the explainer graph (fused ops where built) in one session with
-ONNX Runtime's profiler on, 2 threads, the sessions' own options (denormals flushed, graph
-order); three warm-up runs in a first session, then --runs profiled runs in a second one. Op
-types are ONNX Runtime's after its graph transforms: "Conv" includes the forward's convs with
-their fused activations, "Reorder" the conversions to and from its blocked (NCHWc) layout.
-Kernel times only: the wall-clock ratios are bench_families.py's.
+ONNX Runtime's profiler on, 2 threads, the explainer's own session options
+(`runtime.session_options`: denormals flushed, graph order); three warm-up runs in a first
+session, then --runs profiled runs in a second one. Op types are ONNX Runtime's after its graph
+transforms: "Conv" includes the forward's convs with their fused activations, "Reorder" the
+conversions to and from its blocked (NCHWc) layout. Kernel times only: the wall-clock ratios are bench_families.py's.
 
 --runtime-weights: the model's own forward pass with its conv weights and biases fed as inputs
 (as meta-saliency's stepped copy reads them: computed in the graph, not constants) against the
@@ -35,27 +35,14 @@ sys.path[:0] = [str(ROOT / "benchmarks")]
 warnings.simplefilter("ignore")
 
 
-def _options(profile_prefix: str | None):
-    import onnxruntime as ort
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    opts.add_session_config_entry("session.set_denormal_as_zero", "1")
-    opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
-    if profile_prefix:
-        opts.enable_profiling = True
-        opts.profile_file_prefix = profile_prefix
-    return opts
-
-
 def op_shares(ex, x: np.ndarray, runs: int, tmp: Path) -> tuple[float, dict[str, float]]:
     """(kernel ms per run, {op type: share of the kernel time}) of explainer `ex` on `x`."""
-    from onnx_saliency import fused
-    from onnx_saliency.runtime import _session
+    from onnx_saliency.runtime import _session, session_options
 
-    def session(prefix):
-        opts = _options(str(tmp / prefix))
-        if any(o.domain == fused.DOMAIN for o in ex._graph.opset_import):
-            opts.register_custom_ops_library(fused.library_path())
+    def session(prefix):   # the explainer's own session options, with the profiler on
+        opts = session_options(ex._graph, threads=2)
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(tmp / prefix)
         return _session(ex._graph, opts, ["CPUExecutionProvider"], ex._weights)
 
     warm = session("warm")
@@ -85,6 +72,8 @@ def runtime_weights(path: Path, runs: int) -> None:
     import onnxruntime as ort
     from onnx import helper, numpy_helper
 
+    from onnx_saliency.runtime import session_options
+
     model = onnx.load(str(path))
     fed = onnx.ModelProto()
     fed.CopyFrom(model)
@@ -98,10 +87,8 @@ def runtime_weights(path: Path, runs: int) -> None:
             kept.append(t)
     del fed.graph.initializer[:]
     fed.graph.initializer.extend(kept)
-    const = ort.InferenceSession(model.SerializeToString(), _options(None),
-                                 providers=["CPUExecutionProvider"])
-    fed_s = ort.InferenceSession(fed.SerializeToString(), _options(None),
-                                 providers=["CPUExecutionProvider"])
+    const, fed_s = (ort.InferenceSession(m.SerializeToString(), session_options(m, threads=2),
+                                         providers=["CPUExecutionProvider"]) for m in (model, fed))
     inp = const.get_inputs()[0].name
     for batch in (1, 8):
         x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)

@@ -179,6 +179,13 @@ def make_session(model: onnx.ModelProto, providers: Sequence[str] | None = None,
         raise SaliencyError(
             f"Execution provider(s) {', '.join(missing)} are not available in this onnxruntime "
             f"build (available: {', '.join(available)}).")
+    return _session(model, session_options(model, threads), providers, weights)
+
+
+def session_options(model: onnx.ModelProto, threads: int | None = None) -> ort.SessionOptions:
+    """The options of every explainer session (make_session): errors as exceptions, denormals
+    flushed, the fused ops' library registered where the graph uses them, `threads` intra-op
+    threads, the graph's node order."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 4   # errors reach the caller as exceptions (run_session)
     # flush denormals: gradients and SGD steps underflow into them, and they are 10-100x slower
@@ -196,7 +203,7 @@ def make_session(model: onnx.ModelProto, providers: Sequence[str] | None = None,
     # run the nodes in the graph's order where dependencies allow (interleave_early puts the
     # backward nodes that read only forward tensors beside the forward pass)
     opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
-    return _session(model, opts, providers, weights)
+    return opts
 
 
 def _session(model: onnx.ModelProto, opts: ort.SessionOptions, providers: Sequence,
