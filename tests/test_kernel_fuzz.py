@@ -1,7 +1,7 @@
 """The kernels under AddressSanitizer + UndefinedBehaviorSanitizer, built into a temporary
 directory with -fsanitize=address,undefined (kernels, pybind11 module and ONNX Runtime custom-op
-library): the C++ kernel test, and a hypothesis fuzz over extreme attribute values and small
-shapes through both bindings, which must agree. The fuzz runs in a child interpreter with the
+library): the C++ kernel test, the CUDA check's harness in its host emulation, and a hypothesis
+fuzz over extreme attribute values and small shapes through both bindings, which must agree. The fuzz runs in a child interpreter with the
 sanitizer runtimes preloaded (`python tests/test_kernel_fuzz.py BUILD_DIR` is that child); a
 sanitizer report, a crash, a hang or a disagreement fails the test."""
 
@@ -51,6 +51,16 @@ def _sanitizer_report(stderr: str) -> str:
 def test_kernels_under_sanitizers(sanitized):
     result = _run([sanitized / "test_kernels"])
     assert "0 failures" in result.stdout
+    assert not _sanitizer_report(result.stderr), _sanitizer_report(result.stderr)
+
+
+def test_cuda_check_harness_under_sanitizers(sanitized):
+    """tests/cuda/check_cuda_kernels.cpp in its host emulation (the CPU kernels standing in for
+    the device): every generated geometry valid, every malformed input refused, every planted
+    difference caught, no sanitizer report."""
+    result = _run([sanitized / "check_cuda_kernels_host", "--cases", "60"])
+    assert "0 failures" in result.stdout and "refused by the checks: 32 of 32" in result.stdout
+    assert "INVALID" not in result.stdout and "NOT REFUSED" not in result.stdout
     assert not _sanitizer_report(result.stderr), _sanitizer_report(result.stderr)
 
 

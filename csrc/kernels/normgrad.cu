@@ -17,7 +17,7 @@ __global__ void pointwise_kernel(const float* g, const float* a, int64_t N, int6
     for (int64_t c = 0; c < K; ++c) {
       const float gv = gn[c * hw], av = an[c * hw];
       if (selective) {
-        const float p = fmaxf(gv * av, 0.f);
+        const float q = gv * av, p = 0.5f * (q + fabsf(q));  // max(q, 0), NaN kept (as on CPU)
         gs += p * p;
       } else {
         gs += gv * gv;
