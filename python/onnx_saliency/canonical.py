@@ -38,7 +38,7 @@ from onnx import numpy_helper, shape_inference, version_converter
 from . import contrib_ops
 from . import formats
 from .errors import ModelLoadError, UnsupportedOpError
-from .graph import attrs_of, opset_version
+from .graph import attr_text, attrs_of, opset_version
 from .runtime import (SPLIT_BYTES, Weights, copy_fields, is_placeholder, join_weights,
                       split_weights, tensor_bytes)
 
@@ -662,9 +662,7 @@ def fold_zero_pads(state: Canonicalization) -> None:
             continue
         spatial = _zero_pad_spatial(pad, consts)
         attrs = attrs_of(conv)
-        auto_pad = attrs.get("auto_pad", b"NOTSET")
-        if spatial is None or (auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad) \
-                not in ("NOTSET", "VALID"):
+        if spatial is None or attr_text(conv, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
             continue
         n = len(spatial) // 2
         old = list(attrs.get("pads", [0] * 2 * n))
@@ -688,8 +686,7 @@ def fold_zero_pads(state: Canonicalization) -> None:
 def _zero_pad_spatial(pad: onnx.NodeProto, consts: dict) -> list[int] | None:
     """The spatial pads [b1, b2, …, e1, e2, …] (all ≥ 0) of a constant-mode Pad of a rank-3+
     tensor with zero fill and no padding of N or C, its pads (and axes) constant; else None."""
-    mode = attrs_of(pad).get("mode", b"constant")
-    if (mode.decode() if isinstance(mode, bytes) else mode) != "constant" or len(pad.input) < 2 \
+    if attr_text(pad, "mode", "constant") != "constant" or len(pad.input) < 2 \
             or any(name and name not in consts for name in pad.input[1:]):
         return None
     pads, fill, axes = (numpy_helper.to_array(consts[pad.input[i]])

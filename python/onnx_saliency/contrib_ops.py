@@ -36,7 +36,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import UnsupportedOpError
-from .graph import attrs_of, opset_version
+from .graph import attr_text, attrs_of, opset_version
 
 if TYPE_CHECKING:
     from .canonical import Canonicalization
@@ -95,10 +95,6 @@ def _refuse(node: onnx.NodeProto, model: onnx.ModelProto, why: str) -> Unsupport
     return UnsupportedOpError(
         f"Node '{node.name}' (op {node.op_type}, domain {DOMAIN}, opset "
         f"{opset_version(model, DOMAIN) or 'not imported'}) {why}.")
-
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _activation(w: _Writer, x: str, kind: str, params: list[float], out: str, refuse) -> str:
@@ -170,11 +166,11 @@ def _rewrite(w: _Writer, node: onnx.NodeProto, model: onnx.ModelProto,
         y = w.op("Conv", *[i for i in node.input[:3]], **conv_attrs)
         if ins[3]:
             y = w.op("Add", y, ins[3])
-        _activation(w, y, _text(a.get("activation", "Relu")), list(a.get("activation_params", [])),
-                    out, refuse)
+        _activation(w, y, attr_text(node, "activation", "Relu"),
+                    list(a.get("activation_params", [])), out, refuse)
     elif op == "FusedGemm":
         gemm_attrs = {k: a[k] for k in ("alpha", "beta", "transA", "transB") if k in a}
-        kind = _text(a.get("activation", "Relu"))
+        kind = attr_text(node, "activation", "Relu")
         params = [a[k] for k in ("activation_alpha", "activation_beta") if k in a]
         y = w.op("Gemm", *node.input, **gemm_attrs)
         _activation(w, y, kind, params, out, refuse)

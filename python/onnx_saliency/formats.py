@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
-from .graph import NARROW_FLOATS, attrs_of, rename_tensors
+from .graph import NARROW_FLOATS, attr_text, attrs_of, rename_tensors
 from .runtime import Weights, is_placeholder
 
 if TYPE_CHECKING:
@@ -93,8 +93,7 @@ def _pool_shape(node, x):
     spatial = list(x[1:1 + n]) if last else list(x[2:2 + n])
     strides = list(a.get("strides", [1] * n))
     pads = list(a.get("pads", [0] * 2 * n))
-    auto_pad = a.get("auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    auto_pad = attr_text(node, "auto_pad", "NOTSET")
     ceil = bool(a.get("ceil_mode", 0))
     out = []
     for j, size in enumerate(spatial):

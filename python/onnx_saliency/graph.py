@@ -111,6 +111,16 @@ def attrs_of(node: onnx.NodeProto) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
+def attr_text(node: onnx.NodeProto, name: str, default: str) -> str:
+    """The string attribute `name` of `node` as text (ONNX stores strings as bytes), or
+    `default` when the node does not set it."""
+    for a in node.attribute:
+        if a.name == name:
+            value = helper.get_attribute_value(a)
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return default
+
+
 def rename_tensors(node: onnx.NodeProto, rename: dict[str, str]) -> None:
     """Inputs and outputs of `node` renamed, and the outer-scope reads of its subgraphs (names
     a subgraph defines itself shadow the outer ones)."""

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from ..errors import UnsupportedOpError
-from ..graph import GraphBuilder, GraphIndex, attrs_of
+from ..graph import GraphBuilder, GraphIndex, attr_text, attrs_of
 
 Rule = Callable[["RuleContext", onnx.NodeProto, list], list]
 INT_MAX = 2**62
@@ -112,8 +112,7 @@ def window_attrs(node: onnx.NodeProto, n: int) -> tuple[dict, list, list, str]:
     """(all attributes, strides, dilations, auto_pad) of a windowed node of `n` spatial dims,
     with ONNX's defaults."""
     a = attrs_of(node)
-    auto_pad = a.get("auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    auto_pad = attr_text(node, "auto_pad", "NOTSET")
     return a, list(a.get("strides", [1] * n)), list(a.get("dilations", [1] * n)), auto_pad
 
 

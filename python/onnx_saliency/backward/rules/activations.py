@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ...graph import attrs_of
+from ...graph import attr_text, attrs_of
 from ..context import RuleContext, channel_scale
 from ..table import GRADIENT, RuleTable
 from .elementwise import scaled
@@ -219,8 +219,7 @@ def gelu(ctx, node, grads):
     φ(x) = exp(−x²/2)/√(2π). approximate="tanh": y = x(1 + t)/2, t = tanh(u),
     u = √(2/π)(x + 0.044715x³); f' = (1 + t)/2 + x(1 − t²)·√(2/π)(1 + 3·0.044715x²)/2."""
     b, x = ctx.b, node.input[0]
-    approx = attrs_of(node).get("approximate", b"none")
-    approx = approx.decode() if isinstance(approx, bytes) else approx
+    approx = attr_text(node, "approximate", "none")
     if approx == "tanh":
         x2 = b.op("Mul", x, x)
         poly = b.op("Add", b.const(1.0), b.op("Mul", x2, b.const(0.044715)))

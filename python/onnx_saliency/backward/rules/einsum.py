@@ -16,7 +16,7 @@ ellipsis broadcast between operands (shapes differ along it).
 
 from __future__ import annotations
 
-from ...graph import attrs_of
+from ...graph import attr_text
 from ..context import RuleContext
 from ..table import GRADIENT
 
@@ -52,8 +52,7 @@ def _ellipsis_dims(ctx: RuleContext, name: str, term: str):
 @GRADIENT.rule("Einsum")
 def einsum(ctx: RuleContext, node, grads):
     b = ctx.b
-    equation = attrs_of(node)["equation"]
-    equation = equation.decode() if isinstance(equation, bytes) else equation
+    equation = attr_text(node, "equation", "")
     terms, out = parse(equation)
     for term in terms:
         letters = term.replace(ELL, "")

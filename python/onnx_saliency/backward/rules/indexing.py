@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ...graph import attrs_of
+from ...graph import attr_text, attrs_of
 from ..context import RuleContext
 from ..table import GRADIENT
 
@@ -278,11 +278,6 @@ def where(ctx, node, grads):
 
 # -- rearranging ---------------------------------------------------------------------------
 
-def _mode(node) -> str:
-    mode = attrs_of(node).get("mode", b"DCR")
-    return mode.decode() if isinstance(mode, bytes) else mode
-
-
 @GRADIENT.rule("SpaceToDepth")
 def space_to_depth(ctx, node, grads):
     """A permutation whose inverse is DepthToSpace in DCR mode (same block size)."""
@@ -297,7 +292,7 @@ def depth_to_space(ctx, node, grads):
     undone by g → [N, C', H, b, W, b] → transpose to [N, C', b, b, H, W] → x's shape."""
     b, g, x, y = ctx.b, grads[0], node.input[0], node.output[0]
     size = attrs_of(node)["blocksize"]
-    if _mode(node) == "DCR":
+    if attr_text(node, "mode", "DCR") == "DCR":
         return [b.op("SpaceToDepth", g, blocksize=size)]
     xs = ctx.index.shapes.get(x)
     if xs is not None and len(xs) == 4 and isinstance(xs[2], int) and isinstance(xs[3], int):

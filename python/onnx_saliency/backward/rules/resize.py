@@ -37,17 +37,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ...graph import attrs_of
+from ...graph import attr_text, attrs_of
 from ..context import RuleContext
 from ..table import GRADIENT
 
 F32 = np.float32
-
-
-def _text(value, default: str) -> str:
-    if value is None:
-        return default
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _round_half_away(x: np.ndarray) -> np.ndarray:
@@ -239,7 +233,8 @@ def _axis_plan(ctx: RuleContext, node, opset_forms: bool) -> list[tuple[int, int
         full_roi = full_roi.copy()
         for j, ax in enumerate(axes):
             full_roi[ax], full_roi[rank + ax] = roi[j], roi[len(axes) + j]
-    elif roi == "runtime" and _text(a.get("coordinate_transformation_mode"), "") == "tf_crop_and_resize":
+    elif roi == "runtime" and \
+            attr_text(node, "coordinate_transformation_mode", "") == "tf_crop_and_resize":
         raise ctx.unsupported(node, "has a region of interest computed at run time")
     n_dims = list(xs) if xs is not None else [None] * rank
     scale = [1.0] * rank
@@ -252,7 +247,7 @@ def _axis_plan(ctx: RuleContext, node, opset_forms: bool) -> list[tuple[int, int
             elif scale[ax] != 1.0:
                 out[ax] = None
     elif isinstance(sizes, list):   # x's own lengths and constants (_static_sizes)
-        if _text(a.get("keep_aspect_ratio_policy"), "stretch") != "stretch":
+        if attr_text(node, "keep_aspect_ratio_policy", "stretch") != "stretch":
             raise ctx.unsupported(node, "keeps an aspect ratio with sizes computed at run time")
         for ax, length in enumerate(sizes):
             if length == OWN:
@@ -263,7 +258,7 @@ def _axis_plan(ctx: RuleContext, node, opset_forms: bool) -> list[tuple[int, int
     elif isinstance(sizes, np.ndarray):
         if any(not isinstance(n_dims[ax], int) for ax in axes):
             raise ctx.unsupported(node, "resizes to given sizes an input of unknown size")
-        policy = _text(a.get("keep_aspect_ratio_policy"), "stretch")
+        policy = attr_text(node, "keep_aspect_ratio_policy", "stretch")
         ratios = [F32(int(sizes[j])) / F32(n_dims[ax]) for j, ax in enumerate(axes)]
         if policy == "stretch":
             for j, ax in enumerate(axes):
@@ -324,10 +319,10 @@ def resize(ctx, node, grads):
     if a.get("antialias", 0):
         raise ctx.unsupported(node, "uses antialias=1")
     opset_forms = ctx.index.opset >= 11
-    mode = _text(a.get("mode"), "nearest")
+    mode = attr_text(node, "mode", "nearest")
     if opset_forms:
-        coordinates = _text(a.get("coordinate_transformation_mode"), "half_pixel")
-        nearest_mode = _text(a.get("nearest_mode"), "round_prefer_floor")
+        coordinates = attr_text(node, "coordinate_transformation_mode", "half_pixel")
+        nearest_mode = attr_text(node, "nearest_mode", "round_prefer_floor")
     else:
         coordinates, nearest_mode = "asymmetric", "simple"
     plan = _axis_plan(ctx, node, opset_forms)
@@ -340,8 +335,7 @@ def resize(ctx, node, grads):
 def upsample(ctx, node, grads):
     """Upsample-7/9 (asymmetric coordinates; nearest rounds down, up when shrinking): as
     Resize-10."""
-    a = attrs_of(node)
-    mode = _text(a.get("mode"), "nearest")
+    mode = attr_text(node, "mode", "nearest")
     if mode == "bilinear":
         mode = "linear"
     plan = _axis_plan(ctx, node, opset_forms=False)

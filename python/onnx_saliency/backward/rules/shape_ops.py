@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ...graph import attrs_of
+from ...graph import attr_text, attrs_of
 from ..context import INT_MAX, RuleContext
 from ..table import GRADIENT
 
@@ -183,8 +183,7 @@ def pad(ctx, node, grads):
     sliced back. Else (run-time pads, or negative ones that crop): dx = Slice(Pad(g, max(−pads,
     0)), max(begin, 0), max(begin, 0) + shape(x)): the cropped parts come back as zeros."""
     b = ctx.b
-    mode = attrs_of(node).get("mode", b"constant")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
+    mode = attr_text(node, "mode", "constant")
     if mode != "constant":
         raise ctx.unsupported(node, f"pads in mode '{mode}'; only constant-mode padding has a rule")
     rank = ctx.index.rank(node.input[0])
