@@ -13,12 +13,13 @@
 // the same position in both). Malformed inputs must be refused by the checks the ONNX Runtime
 // adapter runs before any kernel (the CUDA entry points take checked inputs).
 //
-//   check_cuda_kernels [--cases N] [--seed S] [--batches 1,8|none] [--large] [--timing FILE]
-//                      [--repeat R]
+//   check_cuda_kernels [--cases N] [--seed S] [--batches 1,8|none] [--large]
+//                      [--large-divisor D] [--timing FILE] [--repeat R]
 //
 // --cases: random geometries per kernel (default 300); --batches: the batch sizes of the real
 // layers (default 1,8); --large: one case per kernel whose tensors hold over 2^31 elements
-// (int64 indexing, grid-stride loops past the launch cap); --timing: the real layers' kernel
+// (int64 indexing, grid-stride loops past the launch cap; --large-divisor D: their rows / D, for a
+// dry run); --timing: the real layers' kernel
 // times (CUDA events, median of R runs, default 20) as JSON lines, which
 // tests/cuda/time_torch_routes.py reads to time PyTorch's route for the same math.
 // Exit status: 0 all matched, 1 a case failed, 2 no device or a CUDA error.
@@ -36,9 +37,11 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "max_pool_gradient.h"
@@ -56,6 +59,35 @@ namespace {
 using Shape = std::array<int64_t, 4>;
 
 int64_t count(const Shape& s) { return s[0] * s[1] * s[2] * s[3]; }
+
+// Host arrays whose resize leaves the new elements uninitialised (std::allocator's would zero
+// them, serially: tens of GB for the large cases); every element is written before it is read.
+template <class T>
+struct Uninitialised : std::allocator<T> {
+  template <class U>
+  struct rebind {
+    using other = Uninitialised<U>;
+  };
+  Uninitialised() = default;
+  template <class U>
+  Uninitialised(const Uninitialised<U>&) {}
+  template <class U, class... Args>
+  void construct(U* p, Args&&... args) {
+    if constexpr (sizeof...(Args) == 0) {
+      ::new (static_cast<void*>(p)) U;
+    } else {
+      ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+    }
+  }
+};
+using Floats = std::vector<float, Uninitialised<float>>;
+
+// Every element of v set to `value`, in parallel.
+void set_all(Floats& v, float value) {
+  ThreadParallel().run(static_cast<int64_t>(v.size()), [&](int64_t begin, int64_t end) {
+    std::fill(v.begin() + begin, v.begin() + end, value);
+  });
+}
 
 std::string text(const Shape& s) {
   return "[" + std::to_string(s[0]) + "," + std::to_string(s[1]) + "," + std::to_string(s[2]) +
@@ -164,12 +196,13 @@ using Stream = void*;
 class DeviceBuffer {
  public:
   explicit DeviceBuffer(size_t n) : data_(n) {}
-  void upload(const std::vector<float>& v) { data_ = v; }
-  void download(std::vector<float>& v) const { v = data_; }
+  void upload(const Floats& v) { data_ = v; }
+  void download(Floats& v) const { v = data_; }
+  void set_nan() { set_all(data_, std::nanf("")); }
   float* get() { return data_.data(); }
 
  private:
-  std::vector<float> data_;
+  Floats data_;
 };
 
 std::string device_name() { return "none (host emulation: the CPU kernels on one thread)"; }
@@ -199,12 +232,15 @@ class DeviceBuffer {
   ~DeviceBuffer() { cudaFree(ptr_); }
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  void upload(const std::vector<float>& v) {
+  void upload(const Floats& v) {
     cuda_ok(cudaMemcpy(ptr_, v.data(), n_ * sizeof(float), cudaMemcpyHostToDevice), "upload");
   }
-  void download(std::vector<float>& v) const {
+  void download(Floats& v) const {
     v.resize(n_);
     cuda_ok(cudaMemcpy(v.data(), ptr_, n_ * sizeof(float), cudaMemcpyDeviceToHost), "download");
+  }
+  void set_nan() {  // all bits set: a NaN in every element
+    cuda_ok(cudaMemset(ptr_, 0xFF, n_ * sizeof(float)), "cudaMemset");
   }
   float* get() { return ptr_; }
 
@@ -258,7 +294,7 @@ uint64_t mix(uint64_t x) {  // splitmix64: a counter-based generator, filled in 
 
 // Smooth: uniform in [−2, 2) with one value in 64 exactly 0 (sign and ReLU-like ties); Ties:
 // integers −2..2; WithNaN: Smooth with one value in 97 NaN.
-void fill(std::vector<float>& v, uint64_t seed, Fill kind) {
+void fill(Floats& v, uint64_t seed, Fill kind) {
   ThreadParallel().run(static_cast<int64_t>(v.size()), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const uint64_t h = mix(seed * 0x100000001b3ull + static_cast<uint64_t>(i));
@@ -282,22 +318,34 @@ struct Difference {
   int64_t nonfinite_mismatches = 0;  // NaN or ±inf in one output and not the same in the other
 };
 
-Difference compare(const std::vector<float>& ref, const std::vector<float>& got) {
+Difference compare(const Floats& ref, const Floats& got) {
   Difference d;
   double peak = 0, diff = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    if (!std::isfinite(ref[i]) || !std::isfinite(got[i])) {
-      const bool same = (std::isnan(ref[i]) && std::isnan(got[i])) || ref[i] == got[i];
-      d.nonfinite_mismatches += !same;
-      continue;
+  std::mutex mutex;
+  ThreadParallel().run(static_cast<int64_t>(ref.size()), [&](int64_t begin, int64_t end) {
+    double part_peak = 0, part_diff = 0;
+    int64_t part_worst = -1, part_mismatches = 0;
+    for (int64_t i = begin; i < end; ++i) {
+      const float r = ref[static_cast<size_t>(i)], g = got[static_cast<size_t>(i)];
+      if (!std::isfinite(r) || !std::isfinite(g)) {
+        part_mismatches += !((std::isnan(r) && std::isnan(g)) || r == g);
+        continue;
+      }
+      part_peak = std::max(part_peak, std::fabs(double(r)));
+      const double e = std::fabs(double(g) - double(r));
+      if (e > part_diff) {
+        part_diff = e;
+        part_worst = i;
+      }
     }
-    peak = std::max(peak, std::fabs(double(ref[i])));
-    const double e = std::fabs(double(got[i]) - double(ref[i]));
-    if (e > diff) {
-      diff = e;
-      d.worst = static_cast<int64_t>(i);
+    std::lock_guard<std::mutex> lock(mutex);
+    peak = std::max(peak, part_peak);
+    d.nonfinite_mismatches += part_mismatches;
+    if (part_diff > diff || (part_diff == diff && part_worst >= 0 && part_worst < d.worst)) {
+      diff = part_diff;
+      d.worst = part_worst;
     }
-  }
+  });
   d.relative = diff == 0 ? 0 : peak == 0 ? std::numeric_limits<double>::infinity() : diff / peak;
   return d;
 }
@@ -348,10 +396,10 @@ struct Report {
 };
 
 // Runs the case on both sides; the CPU output into `ref`, the device's into `got`.
-void run_both(const Case& c, uint64_t seed, Stream stream, std::vector<float>& ref,
-              std::vector<float>& got) {
+void run_both(const Case& c, uint64_t seed, Stream stream, Floats& ref,
+              Floats& got) {
   const std::vector<Shape> shapes = input_shapes(c);
-  std::vector<std::vector<float>> host(shapes.size());
+  std::vector<Floats> host(shapes.size());
   std::vector<const float*> host_ptrs, dev_ptrs;
   for (size_t i = 0; i < shapes.size(); ++i) {
     host[i].resize(static_cast<size_t>(count(shapes[i])));
@@ -359,7 +407,8 @@ void run_both(const Case& c, uint64_t seed, Stream stream, std::vector<float>& r
   }
   for (auto& h : host) host_ptrs.push_back(h.data());
   const size_t n_out = static_cast<size_t>(count(output_shape(c)));
-  ref.assign(n_out, -12345.0f);  // a kernel leaving an element unwritten shows as a mismatch
+  ref.resize(n_out);  // NaN where a kernel leaves an element unwritten: a mismatch
+  set_all(ref, std::nanf(""));
   run_cpu(c, host_ptrs, ref.data(), ThreadParallel());
   std::vector<std::unique_ptr<DeviceBuffer>> dev;
   for (size_t i = 0; i < shapes.size(); ++i) {
@@ -368,8 +417,7 @@ void run_both(const Case& c, uint64_t seed, Stream stream, std::vector<float>& r
     dev_ptrs.push_back(dev.back()->get());
   }
   DeviceBuffer out(n_out);
-  got.assign(n_out, 54321.0f);
-  out.upload(got);
+  out.set_nan();
   const std::string err = run_cuda(c, dev_ptrs, out.get(), stream);
   if (!err.empty()) throw CudaFailure(describe(c) + ": " + err);
   synchronize(stream);
@@ -558,31 +606,21 @@ std::vector<Case> edge_cases() {
 
 // One case per kernel whose largest tensor holds more than 2^31 elements and whose output needs
 // more than the launch cap of threads (65535·16 blocks of 256): int64 indexing and grid-stride
-// loops. About 45 GB of host and 30 GB of device memory at the peak.
-std::vector<Case> large_cases() {
-  const int64_t H = 32769, W = 32768;  // H·W just over 2^30
-  std::vector<Case> cases(5);
-  cases[0].kernel = cases[1].kernel = Kernel::NormGrad;
-  cases[0].mode = NormGradMode::Identity;
-  cases[0].in0 = cases[0].in1 = {1, 2, H, W};
-  cases[1].mode = NormGradMode::Conv;
-  cases[1].in0 = {1, 1, H, W};
-  cases[1].in1 = {1, 2, H, W};
-  cases[1].geo = square(3, 1, 1);
-  cases[2].kernel = Kernel::RectifiedConvTranspose;
-  cases[2].in0 = {1, 1, H, W};
-  cases[2].in1 = {1, 2, H, W};
-  cases[2].geo = square(3, 1, 1);
-  cases[3].kernel = Kernel::MaxPoolGradient;
-  cases[3].in0 = {2, 1, H, W};
-  cases[3].in1 = {2, 1, (H - 2) / 2 + 1, W / 2};
-  cases[3].geo = square(2, 2, 0);
-  cases[4].kernel = Kernel::MaxPoolRelevance;
-  cases[4].in0 = {2, 1, H, W};
-  cases[4].in1 = {2, 1, (H - 2) / 2 + 1, W / 2};
-  cases[4].geo = square(2, 2, 0);
-  for (auto& c : cases) c.label = "over 2^31 elements";
-  return cases;
+// loops. About 45 GB of host and 30 GB of device memory at the peak. `divisor` divides the rows
+// (a dry run's smaller copy).
+std::vector<Case> large_cases(int64_t divisor = 1) {
+  const int64_t H = 32769 / divisor, W = 32768;  // H·W just over 2^30
+  const int64_t P = 16, h = 11587 / divisor, w = 11586;  // 16 planes of h·w: over 2^31 in all
+  const Shape pooled = {P, 1, (h - 2) / 2 + 1, w / 2};
+  const char* label = "over 2^31 elements";
+  return {
+      Case{Kernel::NormGrad, label, {1, 2, H, W}, {1, 2, H, W}, square(1, 1, 0)},
+      Case{Kernel::NormGrad, label, {1, 1, H, W}, {1, 2, H, W}, square(3, 1, 1),
+           NormGradMode::Conv},
+      Case{Kernel::RectifiedConvTranspose, label, {1, 1, H, W}, {1, 2, H, W}, square(3, 1, 1)},
+      Case{Kernel::MaxPoolGradient, label, {P, 1, h, w}, pooled, square(2, 2, 0)},
+      Case{Kernel::MaxPoolRelevance, label, {P, 1, h, w}, pooled, square(2, 2, 0)},
+  };
 }
 
 // Inputs every check must refuse (one sentence each, printed).
@@ -637,7 +675,7 @@ double time_cuda(const Case& c, int repeat, Stream stream) {
   std::vector<std::unique_ptr<DeviceBuffer>> dev;
   std::vector<const float*> ptrs;
   for (const Shape& s : input_shapes(c)) {
-    std::vector<float> host(static_cast<size_t>(count(s)));
+    Floats host(static_cast<size_t>(count(s)));
     fill(host, 11 + dev.size(), Fill::Smooth);
     dev.push_back(std::make_unique<DeviceBuffer>(host.size()));
     dev.back()->upload(host);
@@ -700,7 +738,7 @@ std::string json_line(const Case& c, double ms) {
 // The comparison itself must be able to fail: a changed element, a NaN and an unwritten
 // element are each reported.
 bool comparison_can_fail() {
-  std::vector<float> ref = {1.0f, -2.0f, 0.5f, 0.0f}, got = ref;
+  Floats ref = {1.0f, -2.0f, 0.5f, 0.0f}, got = ref;
   got[2] = 0.5f + 4e-5f;  // 2e-5 of the peak
   if (compare(ref, got).relative <= kTolerance) return false;
   got = ref;
@@ -712,7 +750,7 @@ bool comparison_can_fail() {
   got = ref;
   got[3] = 54321.0f;
   if (compare(ref, got).relative <= kTolerance) return false;
-  std::vector<float> zeros(4, 0.0f), tiny(4, 0.0f);
+  Floats zeros(4, 0.0f), tiny(4, 0.0f);
   tiny[0] = 1e-30f;
   return compare(zeros, zeros).relative == 0 && compare(zeros, tiny).relative > kTolerance;
 }
@@ -733,6 +771,7 @@ int run(int argc, char** argv) {
   int cases = 300, repeat = 20;
   uint64_t seed = 0;
   bool large = false;
+  int large_divisor = 1;
   const char* timing = nullptr;
   std::vector<int64_t> batches = {1, 8};
   for (int i = 1; i < argc; ++i) {
@@ -743,10 +782,11 @@ int run(int argc, char** argv) {
     else if (a == "--repeat" && has_value) repeat = std::max(1, std::atoi(argv[++i]));
     else if (a == "--timing" && has_value) timing = argv[++i];
     else if (a == "--large") large = true;
+    else if (a == "--large-divisor" && has_value) large_divisor = std::max(1, std::atoi(argv[++i]));
     else if (a == "--batches" && has_value) batches = parse_batches(argv[++i]);
     else {
       std::fprintf(stderr, "usage: %s [--cases N] [--seed S] [--batches 1,8|none] [--large] "
-                           "[--timing FILE] [--repeat R]\n", argv[0]);
+                           "[--large-divisor D] [--timing FILE] [--repeat R]\n", argv[0]);
       return 2;
     }
   }
@@ -776,7 +816,7 @@ int run(int argc, char** argv) {
   Report report;
   Stream stream = make_stream();
   Random r{std::mt19937_64(seed)};
-  std::vector<float> ref, got;
+  Floats ref, got;
   std::vector<Case> all;
   for (int k = 0; k < 4; ++k) {
     for (int i = 0; i < cases; ++i) all.push_back(random_case(r, static_cast<Kernel>(k)));
@@ -792,11 +832,12 @@ int run(int argc, char** argv) {
     }
   }
   if (large) {
-    for (const Case& c : large_cases()) all.push_back(c);
+    for (const Case& c : large_cases(large_divisor)) all.push_back(c);
   }
   const auto t0 = std::chrono::steady_clock::now();
   uint64_t case_seed = seed * 1000003;
   for (const Case& c : all) {
+    if (c.label == large_cases()[0].label) std::printf("large case: %s\n", describe(c).c_str());
     const std::string err = check(c);
     if (!err.empty()) {  // every generated case is valid: a refusal here is the harness's bug
       std::printf("INVALID %s: %s\n", describe(c).c_str(), err.c_str());
@@ -835,6 +876,7 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // lines reach a pipe as they come (a killed run too)
   try {
     return run(argc, argv);
   } catch (const CudaFailure& e) {

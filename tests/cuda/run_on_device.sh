@@ -12,6 +12,7 @@
 #   bash tests/cuda/run_on_device.sh                    # a machine with an NVIDIA GPU, nvcc, CMake, PyTorch
 #   OSAL_CUDA_EMULATE=1 bash tests/cuda/run_on_device.sh  # a dry run anywhere: the host-emulation
 #                                                        # build, small sets, PyTorch on the CPU
+# Steps run under the smaller of their own limit and what is left of 470 s (OSAL_CUDA_BUDGET).
 # OSAL_CUDA_STEPS picks steps (default "build check large sanitize torch").
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -20,10 +21,18 @@ BUILD=${OSAL_CUDA_BUILD:-build-cuda}
 STEPS=${OSAL_CUDA_STEPS:-build check large sanitize torch}
 PYTHON=${PYTHON:-python3}
 EMULATE=${OSAL_CUDA_EMULATE:-0}
-DEADLINE=$((SECONDS + ${OSAL_CUDA_BUDGET:-450}))   # every step's limit ends by this
+DEADLINE=$((SECONDS + ${OSAL_CUDA_BUDGET:-470}))   # every step's limit ends by this
 mkdir -p "$OUT"
 exec > >(tee "$OUT/log.txt") 2>&1
+TEE=$!
 failed=""
+
+# finish CODE: the last lines written and tee done before the exit.
+finish() {
+  exec >&- 2>&-
+  wait "$TEE"
+  exit "$1"
+}
 
 # step NAME LIMIT_S COMMAND...: runs COMMAND under the smaller of LIMIT_S and the time left.
 step() {
@@ -46,34 +55,39 @@ step() {
 }
 wants() { [[ " $STEPS " == *" $1 "* ]]; }
 
-echo "== $(date -u +%FT%TZ) on $(uname -n)"
+echo "== $(date -u +%FT%TZ) on $(uname -n), $(nproc) cores"
 if [[ $EMULATE == 1 ]]; then
   BIN=$BUILD/check_cuda_kernels_host
-  CASES=40 BATCHES=1 REPEAT=2
+  CASES=40 BATCHES=1 REPEAT=2 LARGE=(--large-divisor 64)
   CONFIGURE=(-DOSAL_CUDA=OFF -DOSAL_BUILD_TESTS=ON)
   TARGET=check_cuda_kernels_host
 else
-  nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv || exit 2
-  nvcc --version | tail -1
+  nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv || finish 2
+  NVCC=$(command -v nvcc || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+  [[ -n $NVCC ]] || { echo "== nvcc not found"; finish 2; }
+  "$NVCC" --version | tail -1
   CAP=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d '. ')
   BIN=$BUILD/check_cuda_kernels
-  CASES=300 BATCHES=1,8 REPEAT=20
-  CONFIGURE=(-DOSAL_CUDA_TESTS=ON "-DCMAKE_CUDA_ARCHITECTURES=${CAP:-90}")
+  CASES=300 BATCHES=1,8 REPEAT=20 LARGE=()
+  CONFIGURE=(-DOSAL_CUDA=ON -DOSAL_CUDA_TESTS=ON "-DCMAKE_CUDA_COMPILER=$NVCC"
+             "-DCMAKE_CUDA_ARCHITECTURES=${CAP:-90}")
   TARGET=check_cuda_kernels
 fi
 cmake --version | head -1
+"$PYTHON" -c "import torch; print('PyTorch', torch.__version__, 'CUDA', torch.cuda.is_available())" \
+  || echo "== $PYTHON cannot import torch: the torch step will fail"
 
 if wants build; then
   step configure 120 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DOSAL_ORT_LIB=OFF \
-    "${CONFIGURE[@]}" || exit 1
-  step build 180 cmake --build "$BUILD" -j "$(nproc)" --target "$TARGET" || exit 1
+    "${CONFIGURE[@]}" || finish 1
+  step build 180 cmake --build "$BUILD" -j "$(nproc)" --target "$TARGET" || finish 1
 fi
 if wants check; then
   step check 150 "$BIN" --cases "$CASES" --batches "$BATCHES" --timing "$OUT/timing.jsonl" \
     --repeat "$REPEAT"
 fi
-if wants large && [[ $EMULATE != 1 ]]; then
-  step large 150 "$BIN" --cases 0 --batches none --large
+if wants large; then
+  step large 200 "$BIN" --cases 0 --batches none --large "${LARGE[@]}"
 fi
 if wants sanitize; then
   SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer \
@@ -104,6 +118,7 @@ fi
 
 if [[ -n $failed ]]; then
   echo "== FAILED:$failed"
-  exit 1
+  finish 1
 fi
 echo "== all steps passed"
+finish 0

@@ -160,7 +160,7 @@ def median_ms(fn, repeat: int, device: str) -> float:
 def table(rows: list[dict], device: str, repeat: int) -> str:
     if device == "cuda":
         where = (f"{torch.cuda.get_device_name()}, PyTorch {torch.__version__}, "
-                 f"cuDNN {torch.backends.cudnn.version()}")
+                 f"cuDNN {torch.backends.cudnn.version()} (float32, TF32 off)")
     else:
         where = f"CPU (a dry run: host emulation), PyTorch {torch.__version__}"
     lines = [f"{datetime.date.today().isoformat()}, {where}; median of {repeat} runs, ms.",
@@ -187,6 +187,9 @@ def main(argv=None) -> int:
     parser.add_argument("--device", choices=("cuda", "cpu"),
                         default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    # plain float32 like the kernels: no TF32 in cuDNN's convolutions or in matrix products
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     rows = [json.loads(line) for line in args.timing.read_text().splitlines() if line.strip()]
     if not rows:
         print(f"{args.timing}: no timed rows", file=sys.stderr)
