@@ -275,6 +275,27 @@ def test_fold_zero_pads_moves_a_convs_zero_padding_into_its_pads(case, folded):
     np.testing.assert_allclose(got.reshape(-1), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
+def test_a_folded_pad_named_as_a_layer_says_where_its_values_went():
+    """The output of a Pad folded into its Conv, by tensor name or by the exporter's module
+    path, is refused with the fold and the names to use instead; those names work."""
+    import onnx_saliency as osal
+    node = helper.make_node("Pad", ["x", "pads"], ["p"], name="/stem/static_padding/Pad")
+    model = _padded_conv_model(node, _ints("pads", [0, 0, 1, 2, 0, 0, 2, 1]))
+    assert "Pad" not in _ops(canonicalize(model).model)
+    for layer in ("p", "stem.static_padding"):
+        with pytest.raises(osal.LayerNotFoundError) as refused:
+            osal.Explainer(model, methods=["gradcam"], layers=[layer])
+        assert str(refused.value) == (
+            f"Layer '{layer}' is the output of Pad '/stem/static_padding/Pad', which was folded "
+            "into the pads of Conv 'conv' (a zero pad read only by a conv): name its input 'x' "
+            "(the same values unpadded) or the Conv's output 'c'.")
+    x = np.random.default_rng(0).standard_normal((1, 3, 6, 7)).astype(np.float32)
+    maps = osal.Explainer(model, methods=["gradcam"], layers=["x", "c"]).explain(x, 1)
+    assert sorted(maps) == ["gradcam@c", "gradcam@x"]
+    with pytest.raises(osal.LayerNotFoundError, match="neither a module path nor a tensor"):
+        osal.Explainer(model, methods=["gradcam"], layers=["stem.padding"])
+
+
 # --- the postcondition -------------------------------------------------------------------------
 
 def _canonical_state() -> Canonicalization:

@@ -67,6 +67,9 @@ class CanonicalModel:
     # canonicalize(deployed=True), a model in a deployed format: its own forward pass as loaded
     # (formats.keep_deployed_forward), the explainer's logits
     deployed: onnx.ModelProto | None = None
+    # nodes of the model that the passes folded away, each with why (a sentence that follows
+    # "Layer '<its output>' "): their tensors and module paths are no layers of this model
+    folded: tuple[tuple[onnx.NodeProto, str], ...] = ()
 
 
 @dataclass
@@ -85,6 +88,7 @@ class Canonicalization:
     keep_deployed: bool = False      # canonicalize(deployed=True)
     input_size: tuple[int, int] | None = None   # canonicalize(input_size=): fixes symbolic H, W
     deployed: onnx.ModelProto | None = None   # formats.keep_deployed_forward: the model as loaded
+    folded: list[tuple[onnx.NodeProto, str]] = field(default_factory=list)   # fold_zero_pads
 
 
 Pass = Callable[[Canonicalization], None]   # rewrites state.model (in place, or replaces it)
@@ -673,6 +677,12 @@ def fold_zero_pads(state: Canonicalization) -> None:
         conv.attribute.append(onnx.helper.make_attribute("pads", [o + s for o, s in zip(old, spatial)]))
         conv.input[0] = pad.input[0]
         folded.add(pad.name)
+        record = onnx.NodeProto()
+        record.CopyFrom(pad)   # outlives its removal from the graph
+        state.folded.append((record, f"is the output of Pad '{pad.name}', which was folded into the "
+                                  f"pads of Conv '{conv.name}' (a zero pad read only by a conv): "
+                                  f"name its input '{pad.input[0]}' (the same values unpadded) or "
+                                  f"the Conv's output '{conv.output[0]}'."))
     if folded:
         keep = [node for node in graph.node if node.name not in folded]
         del graph.node[:]
@@ -767,7 +777,8 @@ def canonicalize(source: ModelSource, layout: str = "NCHW", output: str | None =
     elif state.weights:
         state.model = join_weights(state.model, state.weights)
     return CanonicalModel(state.model, state.input_name, state.output_name, state.fixed_batch,
-                          state.original_output, state.weights, used_external, state.deployed)
+                          state.original_output, state.weights, used_external, state.deployed,
+                          tuple(state.folded))
 
 
 # --- the postcondition ------------------------------------------------------------------------

@@ -354,7 +354,7 @@ def _layers(model, output: str | None = None) -> None:
     from .layers import LayerNames, stage_layers
     canon = canonicalize(model, output=output)    # once: default_layers takes it as it is
     index = GraphIndex(canon.model)
-    names = LayerNames(index, canon.input_name)
+    names = LayerNames(index, canon.input_name, canon.folded)
     for name in names.names():   # token and channels-last layers with their grid
         tensor = names.resolve(name)
         shape = names.layouts.shapes.get(tensor) or index.shapes.get(tensor)

@@ -258,7 +258,7 @@ def backward_graph(model: ModelSource, wrt: Sequence[str] | str, rule: str | Met
     canon = canonicalize(model, output=output)
     wrt = [wrt] if isinstance(wrt, str) else list(wrt)
     asm = _Assembly(canon, target=targets_mod.resolve(target) if target is not None else None)
-    names = LayerNames(asm.index, canon.input_name)
+    names = LayerNames(asm.index, canon.input_name, canon.folded)
     walk = methods_mod.resolve(rule).walk(names)
     params = set(meta.parameters(asm.index)) if walk == TableWalk(GRADIENT) else set()
     tensors = [w if w in params else names.resolve(w) for w in wrt]
@@ -334,7 +334,7 @@ class Explainer:
             else bool(fused)
         self._save_fused = fused is True   # save() keeps custom ops only when asked for here
         index = _index(self._canon.model, self._canon.weights)
-        self.layer_names = LayerNames(index, self._canon.input_name)
+        self.layer_names = LayerNames(index, self._canon.input_name, self._canon.folded)
         self._index = index
         self._levels = detector_levels(index, self._canon.input_name, self._canon.output_name)
         methods = [methods] if isinstance(methods, (str, Method)) else list(methods)
@@ -623,7 +623,7 @@ def gradient(model: ModelSource, images: np.ndarray, target: TargetLike | Target
     canon = canonicalize(model, output=output, apart=True, input_size=input_size)
     target = targets_mod.resolve(target)
     asm = _Assembly(canon, target=target)
-    names = LayerNames(asm.index, canon.input_name)
+    names = LayerNames(asm.index, canon.input_name, canon.folded)
     inp = canon.input_name
     g = asm.signals(methods_mod.resolve("gradient").walk(names), [inp])[inp]
     if g is None:
@@ -656,7 +656,7 @@ def default_layers(model: ModelSource | CanonicalModel, output: str | None = Non
     `model` may be a model already canonicalised (`canonicalize`)."""
     canon = model if isinstance(model, CanonicalModel) else canonicalize(model, output=output)
     index = GraphIndex(canon.model)
-    names = LayerNames(index, canon.input_name)
+    names = LayerNames(index, canon.input_name, canon.folded)
     levels = detector_levels(index, canon.input_name, canon.output_name)
     general = (f"{NECK} (" + ", ".join(names.friendly(lv.tensor) for lv in levels) + ")"
                if levels else names.friendly(

@@ -431,7 +431,10 @@ class LayerNames:
     """Resolves user-facing layer names to tensors, and back; `view` reads a layer as
     [N, C, h, w]."""
 
-    def __init__(self, index: GraphIndex, input_name: str):
+    def __init__(self, index: GraphIndex, input_name: str,
+                 folded: tuple[tuple[onnx.NodeProto, str], ...] = ()):
+        """`folded`: CanonicalModel.folded, the nodes canonicalisation removed and why; their
+        outputs and module paths are refused with that sentence."""
         self.index = index
         self.input_name = input_name
         self.paths = module_paths(index)
@@ -442,6 +445,13 @@ class LayerNames:
         self._layouts: Layouts | None = None
         for path, tensor in self.paths.items():
             self._friendly.setdefault(tensor, path)
+        self._folded: dict[str, str] = {}
+        for node, why in folded:
+            scopes = _scopes_from_metadata(node)
+            for name in [*node.output, *(scopes if scopes is not None else
+                                         _scopes_from_name(node.name))]:
+                if name and name not in self:
+                    self._folded.setdefault(name, why)
 
     def __contains__(self, name: str) -> bool:
         return name in self.paths or name in self._tensor_set
@@ -454,6 +464,8 @@ class LayerNames:
             return self.paths[name]
         if name in self._tensor_set:
             return name
+        if name in self._folded:
+            raise LayerNotFoundError(f"Layer '{name}' {self._folded[name]}")
         close = difflib.get_close_matches(name, self.names(), n=3)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise LayerNotFoundError(
