@@ -40,6 +40,11 @@ def _out_size(size, k, s, p0, p1, d):
     return (size + p0 + p1 - d * (k - 1) - 1) // s + 1
 
 
+def _geometry(row: dict) -> dict:
+    """The row's geometry as the _kernels bindings take it."""
+    return {k: row[k] for k in ("kernel_shape", "strides", "pads", "dilations")}
+
+
 def _peak_relative(ours, theirs) -> float:
     return float(np.abs(ours - theirs).max() / max(np.abs(ours).max(), 1e-30))
 
@@ -77,19 +82,14 @@ def test_conv_routes_compute_the_kernels_math(row, seed):
     """NormGrad's three modes and RectifiedConvTranspose (groups, asymmetric pads, strides,
     dilations): PyTorch's route against the CPU kernel, within 1e-5 of the peak."""
     rng = np.random.default_rng(seed)
-    shapes = [row["in0"], row["in1"]]
-    if row["kernel"] == "RectifiedConvTranspose":
-        shapes = [row["in0"], row["in0"], row["in1"]]
-    arrays = [rng.uniform(-2, 2, s).astype(np.float32) for s in shapes]
-    geometry = dict(kernel_shape=row["kernel_shape"], strides=row["strides"], pads=row["pads"],
-                    dilations=row["dilations"])
+    arrays = [rng.uniform(-2, 2, s).astype(np.float32) for s in routes.input_shapes(row)]
+    geometry = _geometry(row)
     with torch.no_grad():
         if row["kernel"] == "RectifiedConvTranspose":
             ours = _kernels.rectified_conv_transpose(*arrays, group=row["group"], **geometry)
             theirs = routes.rectified_conv_transpose(row, *map(torch.from_numpy, arrays))
         else:
-            mode = row["kernel"][len("NormGrad("):-1]
-            ours = _kernels.normgrad(*arrays, mode=mode, **geometry)
+            ours = _kernels.normgrad(*arrays, mode=routes.normgrad_mode(row), **geometry)
             theirs = routes.normgrad(row, *map(torch.from_numpy, arrays))
     assert theirs.shape == ours.shape
     assert _peak_relative(ours, theirs.numpy()) < 1e-5
@@ -125,8 +125,7 @@ def test_pool_routes_compute_the_kernels_math(case, seed):
     x = (rng.integers(-2, 3, row["in0"]) if ties else rng.uniform(-2, 2, row["in0"]))
     x = x.astype(np.float32)
     g = rng.uniform(-2, 2, row["in1"]).astype(np.float32)
-    geometry = dict(kernel_shape=row["kernel_shape"], strides=row["strides"], pads=row["pads"],
-                    dilations=row["dilations"])
+    geometry = _geometry(row)
     tx, tg = torch.from_numpy(x), torch.from_numpy(g)
     with torch.no_grad():
         if row["kernel"] == "MaxPoolGradient":

@@ -365,6 +365,12 @@ struct Report {
   static int slot(const Case& c) {
     return c.kernel == Kernel::NormGrad ? static_cast<int>(c.mode) : 2 + static_cast<int>(c.kernel);
   }
+  static const char* slot_name(int i) {  // the inverse of slot, through kernel_name
+    Case c;
+    c.kernel = i < 3 ? Kernel::NormGrad : static_cast<Kernel>(i - 2);
+    if (i < 3) c.mode = static_cast<NormGradMode>(i);
+    return kernel_name(c);
+  }
   void add(const Case& c, const Difference& d) {
     Tally& t = per_kernel[slot(c)];
     ++t.cases;
@@ -381,44 +387,50 @@ struct Report {
     }
   }
   void print() const {
-    static const char* names[6] = {"NormGrad(identity)", "NormGrad(conv)", "NormGrad(selective)",
-                                   "RectifiedConvTranspose", "MaxPoolGradient",
-                                   "MaxPoolRelevance"};
     std::printf("\n%-24s %7s %9s %12s\n", "kernel", "cases", "failures", "largest diff");
     for (int i = 0; i < 6; ++i) {
       const Tally& t = per_kernel[i];
-      std::printf("%-24s %7d %9d %12.3g\n", names[i], t.cases, t.failures, t.largest);
+      std::printf("%-24s %7d %9d %12.3g\n", slot_name(i), t.cases, t.failures, t.largest);
     }
     for (int i = 0; i < 6; ++i) {
-      if (per_kernel[i].cases) std::printf("  largest %s: %s\n", names[i], per_kernel[i].largest_at.c_str());
+      if (per_kernel[i].cases) {
+        std::printf("  largest %s: %s\n", slot_name(i), per_kernel[i].largest_at.c_str());
+      }
+    }
+  }
+};
+
+// A case's inputs filled from `seed` (host) and uploaded (device); the pointers in the kernel's
+// order.
+struct Inputs {
+  std::vector<Floats> host;
+  std::vector<std::unique_ptr<DeviceBuffer>> dev;
+  std::vector<const float*> host_ptrs, dev_ptrs;
+
+  Inputs(const Case& c, uint64_t seed) {
+    for (const Shape& shape : input_shapes(c)) {
+      host.emplace_back(static_cast<size_t>(count(shape)));
+      fill(host.back(), seed * 7 + host.size() - 1, c.fill);
+      host_ptrs.push_back(host.back().data());
+    }
+    for (const Floats& h : host) {
+      dev.push_back(std::make_unique<DeviceBuffer>(h.size()));
+      dev.back()->upload(h);
+      dev_ptrs.push_back(dev.back()->get());
     }
   }
 };
 
 // Runs the case on both sides; the CPU output into `ref`, the device's into `got`.
-void run_both(const Case& c, uint64_t seed, Stream stream, Floats& ref,
-              Floats& got) {
-  const std::vector<Shape> shapes = input_shapes(c);
-  std::vector<Floats> host(shapes.size());
-  std::vector<const float*> host_ptrs, dev_ptrs;
-  for (size_t i = 0; i < shapes.size(); ++i) {
-    host[i].resize(static_cast<size_t>(count(shapes[i])));
-    fill(host[i], seed * 7 + i, c.fill);
-  }
-  for (auto& h : host) host_ptrs.push_back(h.data());
+void run_both(const Case& c, uint64_t seed, Stream stream, Floats& ref, Floats& got) {
+  const Inputs in(c, seed);
   const size_t n_out = static_cast<size_t>(count(output_shape(c)));
   ref.resize(n_out);  // NaN where a kernel leaves an element unwritten: a mismatch
   set_all(ref, std::nanf(""));
-  run_cpu(c, host_ptrs, ref.data(), ThreadParallel());
-  std::vector<std::unique_ptr<DeviceBuffer>> dev;
-  for (size_t i = 0; i < shapes.size(); ++i) {
-    dev.push_back(std::make_unique<DeviceBuffer>(host[i].size()));
-    dev.back()->upload(host[i]);
-    dev_ptrs.push_back(dev.back()->get());
-  }
+  run_cpu(c, in.host_ptrs, ref.data(), ThreadParallel());
   DeviceBuffer out(n_out);
   out.set_nan();
-  const std::string err = run_cuda(c, dev_ptrs, out.get(), stream);
+  const std::string err = run_cuda(c, in.dev_ptrs, out.get(), stream);
   if (!err.empty()) throw CudaFailure(describe(c) + ": " + err);
   synchronize(stream);
   out.download(got);
@@ -672,15 +684,8 @@ std::vector<Case> malformed_cases() {
 // Median milliseconds of `repeat` runs of the CUDA kernel (CUDA events, after three warm-ups;
 // in the host emulation a steady clock around the one-thread CPU kernel).
 double time_cuda(const Case& c, int repeat, Stream stream) {
-  std::vector<std::unique_ptr<DeviceBuffer>> dev;
-  std::vector<const float*> ptrs;
-  for (const Shape& s : input_shapes(c)) {
-    Floats host(static_cast<size_t>(count(s)));
-    fill(host, 11 + dev.size(), Fill::Smooth);
-    dev.push_back(std::make_unique<DeviceBuffer>(host.size()));
-    dev.back()->upload(host);
-    ptrs.push_back(dev.back()->get());
-  }
+  const Inputs in(c, 11);
+  const std::vector<const float*>& ptrs = in.dev_ptrs;
   DeviceBuffer out(static_cast<size_t>(count(output_shape(c))));
 #ifndef OSAL_CUDA_CHECK_HOST
   cudaEvent_t start, stop;
@@ -712,11 +717,6 @@ double time_cuda(const Case& c, int repeat, Stream stream) {
   return ms[ms.size() / 2];
 }
 
-std::string json_shape(const Shape& s) {
-  return "[" + std::to_string(s[0]) + "," + std::to_string(s[1]) + "," + std::to_string(s[2]) +
-         "," + std::to_string(s[3]) + "]";
-}
-
 // One JSON line per timed case: what tests/cuda/time_torch_routes.py needs to time PyTorch.
 std::string json_line(const Case& c, double ms) {
   const ConvGeometry& g = c.geo;
@@ -726,8 +726,8 @@ std::string json_line(const Case& c, double ms) {
                 "\"kernel_shape\": [%lld, %lld], \"strides\": [%lld, %lld], "
                 "\"pads\": [%lld, %lld, %lld, %lld], \"dilations\": [%lld, %lld], "
                 "\"group\": %lld, \"epsilon\": %g, \"cuda_ms\": %.5f}",
-                kernel_name(c), c.label.c_str(), json_shape(c.in0).c_str(),
-                json_shape(c.in1).c_str(), (long long)g.kernel[0], (long long)g.kernel[1],
+                kernel_name(c), c.label.c_str(), text(c.in0).c_str(),
+                text(c.in1).c_str(), (long long)g.kernel[0], (long long)g.kernel[1],
                 (long long)g.strides[0], (long long)g.strides[1], (long long)g.pads[0],
                 (long long)g.pads[1], (long long)g.pads[2], (long long)g.pads[3],
                 (long long)g.dilations[0], (long long)g.dilations[1], (long long)c.group,

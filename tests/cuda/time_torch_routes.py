@@ -26,6 +26,7 @@ import datetime
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -41,8 +42,13 @@ def _padded(x: torch.Tensor, pads) -> tuple[torch.Tensor, tuple[int, int]]:
     return F.pad(x, (left, right, top, bottom)), (0, 0)
 
 
+def normgrad_mode(row: dict) -> str:
+    """"conv" of the row's kernel "NormGrad(conv)", and so on."""
+    return row["kernel"][len("NormGrad("):-1]
+
+
 def normgrad(row: dict, g: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    mode = row["kernel"][len("NormGrad("):-1]
+    mode = normgrad_mode(row)
     if mode == "selective":
         return (a * g).clamp_min(0).square().sum(1, keepdim=True).sqrt()
     g_norm = g.square().sum(1, keepdim=True).sqrt()
@@ -109,13 +115,17 @@ def max_pool_relevance(row: dict, x: torch.Tensor, s: torch.Tensor,
     return (routed * x).sum(1, keepdim=True)
 
 
+def input_shapes(row: dict) -> list[list[int]]:
+    """The kernel's input shapes in its order (RectifiedConvTranspose: g, z, a)."""
+    if row["kernel"] == "RectifiedConvTranspose":
+        return [row["in0"], row["in0"], row["in1"]]
+    return [row["in0"], row["in1"]]
+
+
 def inputs(row: dict, device: str) -> list[torch.Tensor]:
     """Random inputs in the kernel's order (the values do not change the timings)."""
     gen = torch.Generator(device=device).manual_seed(0)
-    shapes = [row["in0"], row["in1"]]
-    if row["kernel"] == "RectifiedConvTranspose":
-        shapes = [row["in0"], row["in0"], row["in1"]]
-    return [torch.rand(s, generator=gen, device=device) * 4 - 2 for s in shapes]
+    return [torch.rand(s, generator=gen, device=device) * 4 - 2 for s in input_shapes(row)]
 
 
 def routes(row: dict, device: str) -> dict[str, callable]:
@@ -148,7 +158,6 @@ def median_ms(fn, repeat: int, device: str) -> float:
             stop.synchronize()
             ms = start.elapsed_time(stop)
         else:
-            import time
             t0 = time.perf_counter()
             fn()
             ms = (time.perf_counter() - t0) * 1e3
